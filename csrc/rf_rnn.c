@@ -1,0 +1,435 @@
+/* rf_rnn.c -- RNN / LSTM / GRU stacks: layers x directions x variable lengths, inference.
+ *
+ * Equations: see rf_cells.h (canonical PyTorch gate order: LSTM [i f g o], GRU [r z n]).
+ * Shape glossary: T=time B=batch I=input H=hidden P=projection (P=H without projection)
+ *                 G=gates D=directions L=layers; Hout = P; "row" = one (t, b) pair.
+ *
+ * Per (layer, direction):
+ *   1. gx = X W_ih^T for all T*B rows at once (one GEMM, bias fused into the pointwise kernel).
+ *   2. Rows are visited in order of decreasing length (perm), so at step s the active sequences are a
+ *      prefix of nact rows: the recurrent GEMM hh = h W_hh^T runs on nact rows only.
+ *      The forward direction reads time t = s, the reverse one t = len[b] - 1 - s.
+ *   3. One fused pointwise pass per step (two for the original GRU, plus the projection GEMM for LSTM
+ *      with proj_size).
+ *   Batch 1 without projection takes rf_rnn_step_b1 (rf_rnn_b1.c): W_hh packed by unit blocks, the
+ *   threads of one persistent parallel region each own a slice of hidden units (their weights stay in
+ *   that core's cache) and meet at one barrier per step.
+ * Outputs of padded positions (t >= len[b]) are zero; the final state of a sequence is its state after
+ * its last valid step (reverse direction: after t = 0); a zero-length sequence keeps its initial state.
+ */
+#include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "rf_cells.h"
+#include "rf_rnn_internal.h"
+
+int rf_gates(int cell) { return cell == RF_CELL_LSTM ? 4 : cell == RF_CELL_GRU ? 3 : 1; }
+
+static int act_kind_ok(int k) { return k >= RF_ACT_SIGMOID && k <= RF_ACT_SOFTPLUS; }
+
+rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err) {
+    if (!d) return rf_fail(err, RF_ERR_INVALID_ARG, "rnn description is NULL");
+    if (d->cell < RF_CELL_RNN_TANH || d->cell > RF_CELL_GRU)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "cell: expected 0..3, got %d", d->cell);
+    if (d->num_layers < 1)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "num_layers: expected >= 1, got %d", d->num_layers);
+    if (d->num_dirs != 1 && d->num_dirs != 2)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "num_dirs: expected 1 or 2, got %d", d->num_dirs);
+    if (d->input_size < 1 || d->hidden_size < 1)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "input_size, hidden_size: expected >= 1, got %d, %d",
+                       d->input_size, d->hidden_size);
+    if (d->proj_size < 0 || (d->proj_size > 0 && d->cell != RF_CELL_LSTM))
+        return rf_fail(err, RF_ERR_INVALID_ARG, "proj_size: expected 0 (or > 0 for LSTM), got %d",
+                       d->proj_size);
+    if (d->proj_size >= d->hidden_size)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "proj_size: expected < hidden_size %d, got %d",
+                       d->hidden_size, d->proj_size);
+    /* every size product used below must fit in int for BLAS */
+    size_t gh = (size_t)rf_gates(d->cell) * (size_t)d->hidden_size;
+    size_t in_max = (size_t)d->input_size > (size_t)d->num_dirs * d->hidden_size
+                        ? (size_t)d->input_size
+                        : (size_t)d->num_dirs * d->hidden_size;
+    if (gh > INT32_MAX / 8 || in_max > INT32_MAX / 8)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "sizes too large: G*H = %zu, input = %zu", gh, in_max);
+    if (d->ext) {
+        for (int dir = 0; dir < d->num_dirs; dir++)
+            for (int f = 0; f < 3; f++)
+                if (!act_kind_ok(d->ext->act[dir][f].kind))
+                    return rf_fail(err, RF_ERR_INVALID_ARG, "activation kind: expected 0..%d, got %d",
+                                   RF_ACT_SOFTPLUS, d->ext->act[dir][f].kind);
+        if (!(d->ext->clip >= 0.0f))
+            return rf_fail(err, RF_ERR_INVALID_ARG, "clip: expected >= 0, got %g", (double)d->ext->clip);
+        if (d->ext->input_forget && d->cell != RF_CELL_LSTM)
+            return rf_fail(err, RF_ERR_INVALID_ARG, "input_forget: only for LSTM");
+    }
+    return RF_OK;
+}
+
+/* Workspace of the whole stack. Carved identically by size query and by forward. */
+typedef struct {
+    float *gx;      /* (T*B, G*H) input projections of the current (layer, dir) */
+    float *hh;      /* (B, G*H) recurrent projections */
+    float *h;       /* (B, P) state, rows in perm order; second half for the b1 kernel's ping-pong */
+    float *c;       /* (B, H) LSTM cell state, perm order */
+    float *m;       /* (B, H) LSTM pre-projection output / GRU reset-before r*h */
+    float *lay[2];  /* (T, B, D*P) outputs of intermediate layers (time-major), ping-pong */
+    int32_t *perm;  /* (B) batch rows sorted by decreasing length */
+    int32_t *len;   /* (B) lengths in perm order */
+} rf_ws;
+
+static int carve_ws(const rf_rnn_desc *d, int T, int B, rf_carver *cv, rf_ws *w) {
+    const size_t G = (size_t)rf_gates(d->cell), H = (size_t)d->hidden_size;
+    const size_t P = d->proj_size ? (size_t)d->proj_size : H, D = (size_t)d->num_dirs;
+    size_t TB = (size_t)T * (size_t)B;
+    w->gx = rf_carve(cv, rf_mul3(TB ? TB : 1, G, H));
+    w->hh = rf_carve(cv, rf_mul3(B ? B : 1, G, H));
+    w->h = rf_carve(cv, rf_mul3(B ? B : 1, 2, P));
+    w->c = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
+    w->m = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
+    size_t lay = d->num_layers > 1 ? rf_mul3(TB ? TB : 1, D, P) : 1;
+    w->lay[0] = rf_carve(cv, lay);
+    w->lay[1] = rf_carve(cv, d->num_layers > 2 ? lay : 1);
+    w->perm = (int32_t *)rf_carve(cv, B ? (size_t)B : 1);
+    w->len = (int32_t *)rf_carve(cv, B ? (size_t)B : 1);
+    return cv->ok;
+}
+
+size_t rf_rnn_workspace_size(const rf_rnn_desc *d, int T, int B) {
+    if (rf_rnn_check_desc(d, NULL) != RF_OK || T < 0 || B < 0) return 0;
+    rf_carver cv = {NULL, 0, 1};
+    rf_ws w;
+    if (!carve_ws(d, T, B, &cv, &w)) return 0;
+    return cv.used + RF_ALIGN; /* room to align the base */
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Pointwise kernels over the active rows [0, nact) of one step (rows in perm order).              */
+
+typedef struct {
+    const rf_rnn_desc *d;
+    const rf_rnn_weights *w;
+    int dir;
+    const float *gx; /* (T*B, G*H) */
+    size_t gx_ts, gx_bs; /* row strides of time and batch in gx (in rows) */
+    float *out;      /* destination of this direction's outputs or NULL */
+    size_t out_ts, out_bs; /* row strides (rows of out_ld floats) */
+    size_t out_ld;   /* floats per output row (D*P) */
+    const int32_t *perm, *len;
+    int T, reverse;
+} rf_step_ctx;
+
+static inline size_t time_of(const rf_step_ctx *k, int s, int i) {
+    return (size_t)(k->reverse ? k->len[i] - 1 - s : s);
+}
+
+static inline const float *gx_row(const rf_step_ctx *k, int s, int i) {
+    size_t b = (size_t)k->perm[i];
+    return k->gx + (time_of(k, s, i) * k->gx_ts + b * k->gx_bs) * (size_t)(rf_gates(k->d->cell) * k->d->hidden_size);
+}
+
+static inline float *out_row(const rf_step_ctx *k, int s, int i) {
+    if (!k->out) return NULL;
+    size_t b = (size_t)k->perm[i];
+    return k->out + (time_of(k, s, i) * k->out_ts + b * k->out_bs) * k->out_ld;
+}
+
+/* RNN, LSTM, GRU reset_after in one pass; GRU reset_before phase 1 (r, z; m = r*h). h, c updated in place.
+ * For LSTM with projection, m receives sigmoid(o) tanh(c) and h is produced by the caller's GEMM. */
+static void pointwise_rows(const rf_step_ctx *k, int s, int i0, int i1, const float *hh, float *h,
+                           float *c, float *m) {
+    const rf_rnn_desc *d = k->d;
+    const int H = d->hidden_size, P = d->proj_size ? d->proj_size : H, GH = rf_gates(d->cell) * H;
+    const float *bias = k->w[0].bias, *b_hn = k->w[0].b_hn;
+    for (int i = i0; i < i1; i++) {
+        const float *gx = gx_row(k, s, i), *hr = hh + (size_t)i * GH;
+        float *hi = h + (size_t)i * P, *o = out_row(k, s, i);
+        if (d->cell == RF_CELL_LSTM) {
+            float *ci = c + (size_t)i * H, *mi = d->proj_size ? m + (size_t)i * H : hi;
+            for (int j = 0; j < H; j++) {
+                float ai = gx[j] + hr[j], af = gx[H + j] + hr[H + j];
+                float ag = gx[2 * H + j] + hr[2 * H + j], ao = gx[3 * H + j] + hr[3 * H + j];
+                if (bias) { ai += bias[j]; af += bias[H + j]; ag += bias[2 * H + j]; ao += bias[3 * H + j]; }
+                float cn = rf_sigmoid_fast(af) * ci[j] + rf_sigmoid_fast(ai) * rf_tanh_fast(ag);
+                ci[j] = cn;
+                mi[j] = rf_sigmoid_fast(ao) * rf_tanh_fast(cn);
+            }
+            if (o && !d->proj_size) memcpy(o, hi, (size_t)H * sizeof(float));
+        } else if (d->cell == RF_CELL_GRU) {
+            if (d->reset_after) {
+                for (int j = 0; j < H; j++) {
+                    float ar = gx[j] + hr[j], az = gx[H + j] + hr[H + j], hn = hr[2 * H + j], an = gx[2 * H + j];
+                    if (bias) { ar += bias[j]; az += bias[H + j]; an += bias[2 * H + j]; }
+                    if (b_hn) hn += b_hn[j];
+                    float r = rf_sigmoid_fast(ar), z = rf_sigmoid_fast(az);
+                    float n = rf_tanh_fast(an + r * hn);
+                    hi[j] = (1.0f - z) * n + z * hi[j];
+                }
+                if (o) memcpy(o, hi, (size_t)H * sizeof(float));
+            } else { /* phase 1: r -> m = r*h, keep z in hh's z slot */
+                float *hz = (float *)hr;
+                float *mi = m + (size_t)i * H;
+                for (int j = 0; j < H; j++) {
+                    float ar = gx[j] + hr[j], az = gx[H + j] + hr[H + j];
+                    if (bias) { ar += bias[j]; az += bias[H + j]; }
+                    mi[j] = rf_sigmoid_fast(ar) * hi[j];
+                    hz[H + j] = rf_sigmoid_fast(az);
+                }
+            }
+        } else {
+            const int relu = d->cell == RF_CELL_RNN_RELU;
+            for (int j = 0; j < H; j++) {
+                float a = gx[j] + hr[j] + (bias ? bias[j] : 0.0f);
+                hi[j] = relu ? rf_relu(a) : rf_tanh_fast(a);
+            }
+            if (o) memcpy(o, hi, (size_t)H * sizeof(float));
+        }
+    }
+}
+
+/* GRU reset_before phase 2: hh_n = W_hn (r h) is in hh's n slot, z in its z slot. */
+static void gru_rb_phase2(const rf_step_ctx *k, int s, int i0, int i1, const float *hh, float *h) {
+    const int H = k->d->hidden_size, GH = 3 * H;
+    const float *bias = k->w[0].bias;
+    for (int i = i0; i < i1; i++) {
+        const float *gx = gx_row(k, s, i), *hr = hh + (size_t)i * GH;
+        float *hi = h + (size_t)i * H, *o = out_row(k, s, i);
+        for (int j = 0; j < H; j++) {
+            float an = gx[2 * H + j] + hr[2 * H + j] + (bias ? bias[2 * H + j] : 0.0f);
+            float z = hr[H + j];
+            hi[j] = (1.0f - z) * rf_tanh_fast(an) + z * hi[j];
+        }
+        if (o) memcpy(o, hi, (size_t)H * sizeof(float));
+    }
+}
+
+/* Generic ONNX-extended cell (activations, clip, peepholes, input_forget): scalar, one pass. */
+static void pointwise_rows_ext(const rf_step_ctx *k, int s, int i0, int i1, const float *hh, float *h,
+                               float *c, float *m, int phase) {
+    const rf_rnn_desc *d = k->d;
+    const rf_rnn_ext *e = d->ext;
+    const rf_act *A = e->act[k->dir];
+    const float clip = e->clip;
+    const int H = d->hidden_size, P = d->proj_size ? d->proj_size : H, GH = rf_gates(d->cell) * H;
+    const float *bias = k->w[0].bias, *b_hn = k->w[0].b_hn, *peep = k->w[0].peep;
+    for (int i = i0; i < i1; i++) {
+        const float *gx = gx_row(k, s, i), *hr = hh + (size_t)i * GH;
+        float *hi = h + (size_t)i * P, *o = out_row(k, s, i);
+        if (d->cell == RF_CELL_LSTM) {
+            float *ci = c + (size_t)i * H, *mi = d->proj_size ? m + (size_t)i * H : hi;
+            for (int j = 0; j < H; j++) {
+                float a[4];
+                for (int g = 0; g < 4; g++) a[g] = gx[g * H + j] + hr[g * H + j] + (bias ? bias[g * H + j] : 0.0f);
+                float cp = ci[j];
+                if (peep) { a[0] += peep[j] * cp; a[1] += peep[H + j] * cp; }
+                float ig = rf_act_apply(&A[0], rf_clipf(a[0], clip));
+                float fg = e->input_forget ? 1.0f - ig : rf_act_apply(&A[0], rf_clipf(a[1], clip));
+                float gg = rf_act_apply(&A[1], rf_clipf(a[2], clip));
+                float cn = fg * cp + ig * gg;
+                ci[j] = cn;
+                if (peep) a[3] += peep[2 * H + j] * cn;
+                float og = rf_act_apply(&A[0], rf_clipf(a[3], clip));
+                mi[j] = og * rf_act_apply(&A[2], cn);
+            }
+            if (o && !d->proj_size) memcpy(o, hi, (size_t)H * sizeof(float));
+        } else if (d->cell == RF_CELL_GRU) {
+            float *hz = (float *)hr;
+            for (int j = 0; j < H; j++) {
+                if (phase == 2) { /* reset_before, second half */
+                    float an = gx[2 * H + j] + hr[2 * H + j] + (bias ? bias[2 * H + j] : 0.0f);
+                    float n = rf_act_apply(&A[1], rf_clipf(an, clip)), z = hr[H + j];
+                    hi[j] = (1.0f - z) * n + z * hi[j];
+                    continue;
+                }
+                float ar = gx[j] + hr[j], az = gx[H + j] + hr[H + j];
+                if (bias) { ar += bias[j]; az += bias[H + j]; }
+                float r = rf_act_apply(&A[0], rf_clipf(ar, clip)), z = rf_act_apply(&A[0], rf_clipf(az, clip));
+                if (d->reset_after) {
+                    float hn = hr[2 * H + j] + (b_hn ? b_hn[j] : 0.0f);
+                    float an = gx[2 * H + j] + (bias ? bias[2 * H + j] : 0.0f) + r * hn;
+                    float n = rf_act_apply(&A[1], rf_clipf(an, clip));
+                    hi[j] = (1.0f - z) * n + z * hi[j];
+                } else {
+                    m[(size_t)i * H + j] = r * hi[j];
+                    hz[H + j] = z;
+                }
+            }
+            if (o && (d->reset_after || phase == 2)) memcpy(o, hi, (size_t)H * sizeof(float));
+        } else {
+            for (int j = 0; j < H; j++) {
+                float a = gx[j] + hr[j] + (bias ? bias[j] : 0.0f);
+                hi[j] = rf_act_apply(&A[0], rf_clipf(a, clip));
+            }
+            if (o) memcpy(o, hi, (size_t)H * sizeof(float));
+        }
+    }
+}
+
+/* Run the pointwise kernel over [0, nact), split across threads when the work is large enough. */
+static void run_pointwise(const rf_step_ctx *k, int s, int nact, const float *hh, float *h, float *c,
+                          float *m, int phase, int nt) {
+    const long work = (long)nact * k->d->hidden_size;
+    const int par = nt > 1 && work >= 32768 && nact > 1;
+    (void)par;
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int i = 0; i < nact; i++) {
+        if (k->d->ext)
+            pointwise_rows_ext(k, s, i, i + 1, hh, h, c, m, phase);
+        else if (phase == 2)
+            gru_rb_phase2(k, s, i, i + 1, hh, h);
+        else
+            pointwise_rows(k, s, i, i + 1, hh, h, c, m);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static void sort_by_length(int B, int T, const int32_t *lengths, int32_t *perm, int32_t *len) {
+    /* counting sort by decreasing length, stable: O(B + T) */
+    for (int i = 0; i < B; i++) perm[i] = i;
+    if (!lengths) {
+        for (int i = 0; i < B; i++) len[i] = T;
+        return;
+    }
+    /* insertion sort is fine for typical B; fall back to a counting sort for large B */
+    if (B <= 64) {
+        for (int i = 1; i < B; i++) {
+            int32_t p = perm[i];
+            int j = i - 1;
+            while (j >= 0 && lengths[perm[j]] < lengths[p]) { perm[j + 1] = perm[j]; j--; }
+            perm[j + 1] = p;
+        }
+    } else {
+        /* two passes over the lengths: count, then place (len[] used as scratch for the counts) */
+        int pos = 0;
+        for (int L = T; L >= 0; L--)
+            for (int i = 0; i < B; i++)
+                if (lengths[i] == L) perm[pos++] = i;
+        (void)pos;
+    }
+    for (int i = 0; i < B; i++) len[i] = lengths[perm[i]];
+}
+
+rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf_rnn_io *io, void *ws,
+                         size_t ws_size, int n_threads, char *err) {
+    rf_status st = rf_rnn_check_desc(d, err);
+    if (st != RF_OK) return st;
+    if (!w || !io) return rf_fail(err, RF_ERR_INVALID_ARG, "weights or io is NULL");
+    const int T = io->T, B = io->B, L = d->num_layers, D = d->num_dirs;
+    if (T < 0 || B < 0) return rf_fail(err, RF_ERR_INVALID_ARG, "T, B: expected >= 0, got %d, %d", T, B);
+    if (T > 0 && B > 0 && !io->x) return rf_fail(err, RF_ERR_INVALID_ARG, "x is NULL");
+    if (io->lengths)
+        for (int b = 0; b < B; b++)
+            if (io->lengths[b] < 0 || io->lengths[b] > T)
+                return rf_fail(err, RF_ERR_INVALID_ARG, "lengths[%d]: expected in [0, %d], got %d", b, T,
+                               (int)io->lengths[b]);
+    for (int k = 0; k < L * D; k++) {
+        if (!w[k].w_ih || !w[k].w_hh)
+            return rf_fail(err, RF_ERR_INVALID_ARG, "weights of layer %d direction %d are NULL", k / D, k % D);
+        if (d->proj_size && !w[k].w_hr)
+            return rf_fail(err, RF_ERR_INVALID_ARG, "w_hr of layer %d direction %d is NULL", k / D, k % D);
+    }
+    size_t need = rf_rnn_workspace_size(d, T, B);
+    if (need == 0) return rf_fail(err, RF_ERR_INVALID_ARG, "workspace size overflows for T=%d, B=%d", T, B);
+    if (!ws || ws_size < need)
+        return rf_fail(err, RF_ERR_INVALID_ARG, "workspace: expected >= %zu bytes, got %zu", need, ws_size);
+
+    const int H = d->hidden_size, P = d->proj_size ? d->proj_size : H, G = rf_gates(d->cell), GH = G * H;
+    char *base = (char *)(((uintptr_t)ws + RF_ALIGN - 1) / RF_ALIGN * RF_ALIGN);
+    rf_carver cv = {base, 0, 1};
+    rf_ws W;
+    if (!carve_ws(d, T, B, &cv, &W)) return rf_fail(err, RF_ERR_INTERNAL, "workspace carving failed");
+#ifdef _OPENMP
+    const int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+    const int nt = 1;
+    (void)n_threads;
+#endif
+
+    sort_by_length(B, T, io->lengths, W.perm, W.len);
+    const int maxlen = B > 0 ? W.len[0] : 0;
+    const size_t TB = (size_t)T * B;
+    /* row strides of the user's x/out (batch_first or not) and of the time-major intermediates */
+    const size_t u_ts = io->batch_first ? 1 : (size_t)B, u_bs = io->batch_first ? (size_t)T : 1;
+
+    if (io->out && io->lengths && maxlen < T + 1) {
+        /* zero the padded positions of the final output once */
+        for (int b = 0; b < B; b++)
+            for (int t = io->lengths[b]; t < T; t++)
+                memset(io->out + ((size_t)t * u_ts + (size_t)b * u_bs) * (size_t)(D * P), 0,
+                       (size_t)(D * P) * sizeof(float));
+    }
+
+    const float *layer_in = io->x;
+    int in_size = d->input_size;
+    size_t in_ts = u_ts, in_bs = u_bs;
+    for (int l = 0; l < L; l++) {
+        const int last = l == L - 1;
+        float *layer_out = last ? io->out : W.lay[l & 1];
+        const size_t out_ts = last ? u_ts : (size_t)B, out_bs = last ? u_bs : 1;
+        if (!last && io->lengths) /* intermediate padded positions must not hold stale values */
+            memset(layer_out, 0, TB * (size_t)(D * P) * sizeof(float));
+        for (int dir = 0; dir < D; dir++) {
+            const int k = l * D + dir;
+            const rf_rnn_weights *wk = &w[k];
+            /* 1. input projection for all rows at once: gx (T*B rows in x's own row order) */
+            if (TB > 0)
+                rf_sgemm(0, 1, (int)TB, GH, in_size, 1.0f, layer_in, in_size, wk->w_ih, in_size, 0.0f, W.gx, GH);
+            /* 2. initial state, in perm order */
+            for (int i = 0; i < B; i++) {
+                size_t b = (size_t)W.perm[i];
+                float *hi = W.h + (size_t)i * P;
+                if (io->h0) memcpy(hi, io->h0 + ((size_t)k * B + b) * P, (size_t)P * sizeof(float));
+                else memset(hi, 0, (size_t)P * sizeof(float));
+                if (d->cell == RF_CELL_LSTM) {
+                    float *ci = W.c + (size_t)i * H;
+                    if (io->c0) memcpy(ci, io->c0 + ((size_t)k * B + b) * H, (size_t)H * sizeof(float));
+                    else memset(ci, 0, (size_t)H * sizeof(float));
+                }
+            }
+            rf_step_ctx ctx = {d, wk, dir, W.gx, in_ts, in_bs,
+                               layer_out ? layer_out + (size_t)dir * P : NULL, out_ts, out_bs,
+                               (size_t)(D * P), W.perm, W.len, T, dir == 1};
+            /* 3. time loop */
+            if (rf_rnn_b1_eligible(d, B, nt)) {
+                rf_rnn_b1_run(d, wk, W.gx, ctx.out, ctx.out_ts * ctx.out_ld, maxlen, ctx.reverse, W.h,
+                              d->cell == RF_CELL_LSTM ? W.c : NULL, nt);
+            } else {
+                int nact = B;
+                for (int s = 0; s < maxlen; s++) {
+                    while (nact > 0 && W.len[nact - 1] <= s) nact--;
+                    if (d->cell == RF_CELL_GRU && !d->reset_after) {
+                        rf_sgemm(0, 1, nact, 2 * H, P, 1.0f, W.h, P, wk->w_hh, P, 0.0f, W.hh, GH);
+                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1, nt);
+                        rf_sgemm(0, 1, nact, H, H, 1.0f, W.m, H, wk->w_hh + (size_t)2 * H * H, H, 0.0f,
+                                 W.hh + 2 * H, GH);
+                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 2, nt);
+                    } else {
+                        rf_sgemm(0, 1, nact, GH, P, 1.0f, W.h, P, wk->w_hh, P, 0.0f, W.hh, GH);
+                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1, nt);
+                        if (d->proj_size) {
+                            rf_sgemm(0, 1, nact, P, H, 1.0f, W.m, H, wk->w_hr, H, 0.0f, W.h, P);
+                            if (ctx.out)
+                                for (int i = 0; i < nact; i++)
+                                    memcpy(out_row(&ctx, s, i), W.h + (size_t)i * P, (size_t)P * sizeof(float));
+                        }
+                    }
+                }
+            }
+            /* 4. final states, back to the user's batch order */
+            for (int i = 0; i < B; i++) {
+                size_t b = (size_t)W.perm[i];
+                if (io->h_n) memcpy(io->h_n + ((size_t)k * B + b) * P, W.h + (size_t)i * P, (size_t)P * sizeof(float));
+                if (io->c_n && d->cell == RF_CELL_LSTM)
+                    memcpy(io->c_n + ((size_t)k * B + b) * H, W.c + (size_t)i * H, (size_t)H * sizeof(float));
+            }
+        }
+        layer_in = layer_out;
+        in_size = D * P;
+        in_ts = out_ts;
+        in_bs = out_bs;
+    }
+    return RF_OK;
+}

@@ -1,0 +1,1 @@
+"""Loaders: outside formats -> rnnfast layers with canonical (PyTorch) weights."""
