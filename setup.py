@@ -14,6 +14,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 csrc = sorted(glob.glob("csrc/*.c"))
+headers = sorted(glob.glob("csrc/*.h"))
 compile_args = ["-std=gnu11", "-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-function"]
 link_args = ["-fopenmp"]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
@@ -37,6 +38,7 @@ extensions = [
         "rnnfast." + os.path.splitext(os.path.basename(pyx))[0],
         sources=[pyx] + csrc,
         include_dirs=["csrc"],
+        depends=headers,  # a header edit rebuilds every extension
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -1,5 +1,7 @@
 /* rf_cells.h -- fused pointwise kernels of one time step, for one batch row. Internal.
  *
+ * The default cells run 16 units at a time with the vector activations of rf_act.h; this header holds
+ * the scalar generic variant used for ONNX's extensions.
  * Inputs of a row: gx = W_ih x_t (G*H, no bias), hh = W_hh h_{t-1} (G*H, no bias), bias (G*H or NULL).
  *   RNN   h = act(gx + hh + b)
  *   LSTM  i,f,g,o = gx + hh + b  (blocks of H)
@@ -16,43 +18,6 @@
 #define RF_CELLS_H
 
 #include "rf_internal.h"
-
-/* ---- vectorisable exp-based activations (no -ffast-math; NaN propagates; +-inf saturate) ----
- * expf by range reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial: max rel. error ~2 ulp. */
-static inline float rf_expf_fast(float x) {
-    const float hi = 88.3762626647949f, lo = -87.3365447505531f;
-    float xc = x > hi ? hi : (x < lo ? lo : x);
-    xc = (x != x) ? 0.0f : xc;
-    float n = __builtin_roundf(xc * 1.44269504088896341f);
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { float f; int32_t i; } s;
-    s.i = ((int32_t)n + 127) << 23;
-    float y = p * s.f;
-    y = x > hi ? __builtin_inff() : y;
-    y = x < lo ? 0.0f : y;
-    return (x != x) ? x : y;
-}
-
-static inline float rf_sigmoid_fast(float x) { return 1.0f / (1.0f + rf_expf_fast(-x)); }
-
-/* tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|); small |x| by odd polynomial (no cancellation) */
-static inline float rf_tanh_fast(float x) {
-    float ax = __builtin_fabsf(x);
-    float e = rf_expf_fast(-2.0f * ax);
-    float t = (1.0f - e) / (1.0f + e);
-    float x2 = x * x;
-    float small = x + x * x2 * (-0.333333333f + x2 * (0.133333333f + x2 * (-0.0539682540f)));
-    float big = __builtin_copysignf(t, x);
-    return ax < 0.0625f ? small : big;
-}
 
 /* ---- generic ONNX activations ---- */
 static inline float rf_act_apply(const rf_act *a, float x) {

@@ -23,6 +23,7 @@
 #include <omp.h>
 #endif
 
+#include "rf_act.h"
 #include "rf_cells.h"
 #include "rf_rnn_internal.h"
 
@@ -136,73 +137,71 @@ static inline float *out_row(const rf_step_ctx *k, int s, int i) {
     return k->out + (time_of(k, s, i) * k->out_ts + b * k->out_bs) * k->out_ld;
 }
 
+static RF_INLINE rf_v16 ld(const float *p, int n) { return p ? rf_vload_n(p, n) : RF_V(0.0f); }
+
 /* RNN, LSTM, GRU reset_after in one pass; GRU reset_before phase 1 (r, z; m = r*h). h, c updated in place.
- * For LSTM with projection, m receives sigmoid(o) tanh(c) and h is produced by the caller's GEMM. */
+ * For LSTM with projection, m receives sigmoid(o) tanh(c) and h is produced by the caller's GEMM.
+ * Works in blocks of 16 hidden units (rf_act.h). */
+RF_CLONES
 static void pointwise_rows(const rf_step_ctx *k, int s, int i0, int i1, const float *hh, float *h,
                            float *c, float *m) {
     const rf_rnn_desc *d = k->d;
     const int H = d->hidden_size, P = d->proj_size ? d->proj_size : H, GH = rf_gates(d->cell) * H;
     const float *bias = k->w[0].bias, *b_hn = k->w[0].b_hn;
+#define B_(off) (bias ? bias + (off) : NULL)
     for (int i = i0; i < i1; i++) {
         const float *gx = gx_row(k, s, i), *hr = hh + (size_t)i * GH;
         float *hi = h + (size_t)i * P, *o = out_row(k, s, i);
-        if (d->cell == RF_CELL_LSTM) {
-            float *ci = c + (size_t)i * H, *mi = d->proj_size ? m + (size_t)i * H : hi;
-            for (int j = 0; j < H; j++) {
-                float ai = gx[j] + hr[j], af = gx[H + j] + hr[H + j];
-                float ag = gx[2 * H + j] + hr[2 * H + j], ao = gx[3 * H + j] + hr[3 * H + j];
-                if (bias) { ai += bias[j]; af += bias[H + j]; ag += bias[2 * H + j]; ao += bias[3 * H + j]; }
-                float cn = rf_sigmoid_fast(af) * ci[j] + rf_sigmoid_fast(ai) * rf_tanh_fast(ag);
-                ci[j] = cn;
-                mi[j] = rf_sigmoid_fast(ao) * rf_tanh_fast(cn);
-            }
-            if (o && !d->proj_size) memcpy(o, hi, (size_t)H * sizeof(float));
-        } else if (d->cell == RF_CELL_GRU) {
-            if (d->reset_after) {
-                for (int j = 0; j < H; j++) {
-                    float ar = gx[j] + hr[j], az = gx[H + j] + hr[H + j], hn = hr[2 * H + j], an = gx[2 * H + j];
-                    if (bias) { ar += bias[j]; az += bias[H + j]; an += bias[2 * H + j]; }
-                    if (b_hn) hn += b_hn[j];
-                    float r = rf_sigmoid_fast(ar), z = rf_sigmoid_fast(az);
-                    float n = rf_tanh_fast(an + r * hn);
-                    hi[j] = (1.0f - z) * n + z * hi[j];
+        for (int j = 0; j < H; j += 16) {
+            const int n = H - j < 16 ? H - j : 16;
+            if (d->cell == RF_CELL_LSTM) {
+                float *ci = c + (size_t)i * H + j, *mi = (d->proj_size ? m + (size_t)i * H : hi) + j;
+                rf_v16 ai = ld(gx + j, n) + ld(hr + j, n) + ld(B_(j), n);
+                rf_v16 af = ld(gx + H + j, n) + ld(hr + H + j, n) + ld(B_(H + j), n);
+                rf_v16 ag = ld(gx + 2 * H + j, n) + ld(hr + 2 * H + j, n) + ld(B_(2 * H + j), n);
+                rf_v16 ao = ld(gx + 3 * H + j, n) + ld(hr + 3 * H + j, n) + ld(B_(3 * H + j), n);
+                rf_v16 cv = ld(ci, n);
+                rf_v16 hv = rf_lstm_block(ai, af, ag, ao, &cv);
+                rf_vstore_n(ci, cv, n);
+                rf_vstore_n(mi, hv, n);
+            } else if (d->cell == RF_CELL_GRU) {
+                rf_v16 ar = ld(gx + j, n) + ld(hr + j, n) + ld(B_(j), n);
+                rf_v16 az = ld(gx + H + j, n) + ld(hr + H + j, n) + ld(B_(H + j), n);
+                if (d->reset_after) {
+                    rf_v16 axn = ld(gx + 2 * H + j, n) + ld(B_(2 * H + j), n);
+                    rf_v16 ahn = ld(hr + 2 * H + j, n) + ld(b_hn ? b_hn + j : NULL, n);
+                    rf_vstore_n(hi + j, rf_gru_block(ar, az, axn, ahn, ld(hi + j, n)), n);
+                } else { /* phase 1: m = r*h, z kept in hh's z slot */
+                    rf_vstore_n(m + (size_t)i * H + j, rf_vsigmoid(ar) * ld(hi + j, n), n);
+                    rf_vstore_n((float *)hr + H + j, rf_vsigmoid(az), n);
                 }
-                if (o) memcpy(o, hi, (size_t)H * sizeof(float));
-            } else { /* phase 1: r -> m = r*h, keep z in hh's z slot */
-                float *hz = (float *)hr;
-                float *mi = m + (size_t)i * H;
-                for (int j = 0; j < H; j++) {
-                    float ar = gx[j] + hr[j], az = gx[H + j] + hr[H + j];
-                    if (bias) { ar += bias[j]; az += bias[H + j]; }
-                    mi[j] = rf_sigmoid_fast(ar) * hi[j];
-                    hz[H + j] = rf_sigmoid_fast(az);
-                }
+            } else {
+                rf_v16 a = ld(gx + j, n) + ld(hr + j, n) + ld(B_(j), n);
+                rf_vstore_n(hi + j, d->cell == RF_CELL_RNN_RELU ? rf_vrelu(a) : rf_vtanh(a), n);
             }
-        } else {
-            const int relu = d->cell == RF_CELL_RNN_RELU;
-            for (int j = 0; j < H; j++) {
-                float a = gx[j] + hr[j] + (bias ? bias[j] : 0.0f);
-                hi[j] = relu ? rf_relu(a) : rf_tanh_fast(a);
-            }
-            if (o) memcpy(o, hi, (size_t)H * sizeof(float));
         }
+        if (o && !d->proj_size && !(d->cell == RF_CELL_GRU && !d->reset_after))
+            memcpy(o, hi, (size_t)H * sizeof(float));
     }
 }
 
 /* GRU reset_before phase 2: hh_n = W_hn (r h) is in hh's n slot, z in its z slot. */
+RF_CLONES
 static void gru_rb_phase2(const rf_step_ctx *k, int s, int i0, int i1, const float *hh, float *h) {
     const int H = k->d->hidden_size, GH = 3 * H;
     const float *bias = k->w[0].bias;
     for (int i = i0; i < i1; i++) {
         const float *gx = gx_row(k, s, i), *hr = hh + (size_t)i * GH;
         float *hi = h + (size_t)i * H, *o = out_row(k, s, i);
-        for (int j = 0; j < H; j++) {
-            float an = gx[2 * H + j] + hr[2 * H + j] + (bias ? bias[2 * H + j] : 0.0f);
-            float z = hr[H + j];
-            hi[j] = (1.0f - z) * rf_tanh_fast(an) + z * hi[j];
+        for (int j = 0; j < H; j += 16) {
+            const int n = H - j < 16 ? H - j : 16;
+            rf_v16 an = ld(gx + 2 * H + j, n) + ld(hr + 2 * H + j, n) + ld(B_(2 * H + j), n);
+            rf_v16 z = ld(hr + H + j, n);
+            rf_vstore_n(hi + j, (RF_V(1.0f) - z) * rf_vtanh(an) + z * ld(hi + j, n), n);
         }
         if (o) memcpy(o, hi, (size_t)H * sizeof(float));
     }
+#undef B_
 }
 
 /* Generic ONNX-extended cell (activations, clip, peepholes, input_forget): scalar, one pass. */

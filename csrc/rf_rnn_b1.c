@@ -16,11 +16,10 @@
 #include <omp.h>
 #endif
 
+#include "rf_act.h"
 #include "rf_cells.h"
 #include "rf_rnn_internal.h"
 
-typedef float rf_v16 __attribute__((vector_size(64)));
-typedef float rf_v16u __attribute__((vector_size(64), aligned(4)));
 
 size_t rf_rnn_packed_hh_size(const rf_rnn_desc *d) {
     if (rf_rnn_check_desc(d, NULL) != RF_OK) return 0;
@@ -49,7 +48,7 @@ int rf_rnn_b1_eligible(const rf_rnn_desc *d, int B, int nt) {
 }
 
 /* acc[g] = sum_k panel[g][k][0:16] * h[k] for one unit block */
-static inline void block_gemv(const float *blk, const float *h, int P, int G, rf_v16 *acc) {
+static RF_INLINE void block_gemv(const float *blk, const float *h, int P, int G, rf_v16 *acc) {
     rf_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     const float *p0 = blk, *p1 = blk + (size_t)P * 16, *p2 = blk + (size_t)2 * P * 16,
                 *p3 = blk + (size_t)3 * P * 16;
@@ -82,48 +81,37 @@ static inline void block_gemv(const float *blk, const float *h, int P, int G, rf
     acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
 }
 
-/* One step for unit blocks [ub0, ub1). hp: previous h (P), hn: new h (P). */
+static RF_INLINE rf_v16 ld(const float *p, int n) { return p ? rf_vload_n(p, n) : RF_V(0.0f); }
+
+/* One step for unit blocks [ub0, ub1). hp: previous h (H), hn: new h (H), c: cell state (H). */
 RF_CLONES
 static void b1_step(const rf_rnn_desc *d, const rf_rnn_weights *w, const float *gxt, const float *hp,
                     float *hn, float *c, float *o, int ub0, int ub1) {
-    const int H = d->hidden_size, P = H, G = rf_gates(d->cell);
+    const int H = d->hidden_size, G = rf_gates(d->cell);
     const float *bias = w->bias, *b_hn = w->b_hn;
     for (int ub = ub0; ub < ub1; ub++) {
         rf_v16 acc[4];
-        block_gemv(w->packed_hh + (size_t)ub * G * P * 16, hp, P, G, acc);
-        const int j0 = ub * 16, nu = H - j0 < 16 ? H - j0 : 16;
-        float a[4][16];
-        memcpy(a, acc, sizeof(float) * 16 * (size_t)G);
-        for (int g = 0; g < G; g++)
-            for (int u = 0; u < nu; u++)
-                a[g][u] += gxt[g * H + j0 + u] + (bias ? bias[g * H + j0 + u] : 0.0f);
-        float hv[16];
-        if (d->cell == RF_CELL_LSTM) {
-            float *cc = c + j0;
-            for (int u = 0; u < 16; u++) {
-                float cn = rf_sigmoid_fast(a[1][u]) * (u < nu ? cc[u] : 0.0f) +
-                           rf_sigmoid_fast(a[0][u]) * rf_tanh_fast(a[2][u]);
-                hv[u] = rf_sigmoid_fast(a[3][u]) * rf_tanh_fast(cn);
-                a[2][u] = cn;
-            }
-            for (int u = 0; u < nu; u++) cc[u] = a[2][u];
-        } else if (d->cell == RF_CELL_GRU) { /* reset_after: hh_n = acc[2] (no bias yet) */
-            for (int u = 0; u < nu; u++) {
-                float hh_n = ((float *)&acc[2])[u] + (b_hn ? b_hn[j0 + u] : 0.0f);
-                float an = gxt[2 * H + j0 + u] + (bias ? bias[2 * H + j0 + u] : 0.0f);
-                a[2][u] = an + rf_sigmoid_fast(a[0][u]) * hh_n;
-            }
-            for (int u = 0; u < 16; u++) {
-                float z = rf_sigmoid_fast(a[1][u]), n = rf_tanh_fast(a[2][u]);
-                hv[u] = (1.0f - z) * n + z * (u < nu ? hp[j0 + u] : 0.0f);
-            }
-        } else if (d->cell == RF_CELL_RNN_RELU) {
-            for (int u = 0; u < 16; u++) hv[u] = rf_relu(a[0][u]);
-        } else {
-            for (int u = 0; u < 16; u++) hv[u] = rf_tanh_fast(a[0][u]);
+        block_gemv(w->packed_hh + (size_t)ub * G * H * 16, hp, H, G, acc);
+        const int j = ub * 16, n = H - j < 16 ? H - j : 16;
+        rf_v16 a[4];
+        for (int g = 0; g < G; g++) {
+            a[g] = acc[g] + ld(gxt + g * H + j, n);
+            if (bias) a[g] += ld(bias + g * H + j, n);
         }
-        memcpy(hn + j0, hv, (size_t)nu * sizeof(float));
-        if (o) memcpy(o + j0, hv, (size_t)nu * sizeof(float));
+        rf_v16 hv;
+        if (d->cell == RF_CELL_LSTM) {
+            rf_v16 cv = ld(c + j, n);
+            hv = rf_lstm_block(a[0], a[1], a[2], a[3], &cv);
+            rf_vstore_n(c + j, cv, n);
+        } else if (d->cell == RF_CELL_GRU) { /* reset_after: the n gate keeps x and h parts apart */
+            rf_v16 axn = ld(gxt + 2 * H + j, n) + (bias ? ld(bias + 2 * H + j, n) : RF_V(0.0f));
+            rf_v16 ahn = acc[2] + ld(b_hn ? b_hn + j : NULL, n);
+            hv = rf_gru_block(a[0], a[1], axn, ahn, ld(hp + j, n));
+        } else {
+            hv = d->cell == RF_CELL_RNN_RELU ? rf_vrelu(a[0]) : rf_vtanh(a[0]);
+        }
+        rf_vstore_n(hn + j, hv, n);
+        if (o) rf_vstore_n(o + j, hv, n);
     }
 }
 
