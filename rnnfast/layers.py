@@ -90,6 +90,8 @@ class RNNBase:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
         if input_forget and self.mode != "LSTM":
             raise ValueError("input_forget: only LSTM has an input and a forget gate")
+        if proj_size and (activations is not None or clip is not None or input_forget):
+            raise UnsupportedError("proj_size cannot be combined with ONNX's activations/clip/input_forget")
         if clip is not None and not (float(clip) > 0.0):
             raise ValueError(f"clip: expected a positive threshold or None, got {clip}")
         self.input_size = int(input_size)

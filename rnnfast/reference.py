@@ -30,6 +30,29 @@ def sigmoid(x):
         return 1.0 / (1.0 + np.exp(-x))
 
 
+# ONNX's activation functions (operator spec of RNN/LSTM/GRU), with (alpha, beta) where they take them.
+ONNX_ACTIVATIONS = {
+    "sigmoid": lambda x, a, b: sigmoid(x),
+    "tanh": lambda x, a, b: np.tanh(x),
+    "relu": lambda x, a, b: np.maximum(x, 0.0),
+    "affine": lambda x, a, b: a * x + b,
+    "leakyrelu": lambda x, a, b: np.where(x >= 0, x, a * x),
+    "thresholdedrelu": lambda x, a, b: np.where(x > a, x, 0.0),
+    "scaledtanh": lambda x, a, b: a * np.tanh(b * x),
+    "hardsigmoid": lambda x, a, b: np.clip(a * x + b, 0.0, 1.0),
+    "elu": lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0.0))),
+    "softsign": lambda x, a, b: x / (1.0 + np.abs(x)),
+    "softplus": lambda x, a, b: np.logaddexp(0.0, x),
+}
+
+
+def onnx_act(spec):
+    """(name, alpha, beta) -> function of x (ONNX semantics)."""
+    name, alpha, beta = spec
+    f = ONNX_ACTIVATIONS[name.lower()]
+    return lambda x: f(x, alpha, beta)
+
+
 def _affine(x, w, b):
     y = x @ w.T
     return y if b is None else y + b
@@ -72,6 +95,42 @@ def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     return (1.0 - z) * n + z * h
 
 
+def onnx_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, acts, clip=None, peep=None, input_forget=False,
+              reset_after=True):
+    """One step with ONNX's extensions, in canonical gate order (see the ONNX RNN/LSTM/GRU operators).
+
+    acts: the functions f (gates), g (candidate), h (LSTM output); clip: |pre-activation| <= clip;
+    peep: LSTM peepholes [p_i; p_f; p_o] (3H,); input_forget: LSTM f = 1 - i.
+    """
+    H = w_hh.shape[1]
+    cl = (lambda v: v) if clip is None else (lambda v: np.clip(v, -clip, clip))
+    f = acts[0]
+    ax = _affine(x, w_ih, b_ih)
+    b_hh = np.zeros(w_hh.shape[0]) if b_hh is None else b_hh
+    if mode == "LSTM":
+        a = ax + h @ w_hh.T + b_hh
+        ai, af, ag, ao = np.split(a, 4, axis=1)
+        if peep is not None:
+            ai = ai + peep[:H] * c
+            af = af + peep[H : 2 * H] * c
+        i = f(cl(ai))
+        fg = 1.0 - i if input_forget else f(cl(af))
+        c_new = fg * c + i * acts[1](cl(ag))
+        if peep is not None:
+            ao = ao + peep[2 * H :] * c_new
+        return f(cl(ao)) * acts[2](c_new), c_new
+    if mode == "GRU":
+        ah_rz = h @ w_hh[: 2 * H].T + b_hh[: 2 * H]
+        r = f(cl(ax[:, :H] + ah_rz[:, :H]))
+        z = f(cl(ax[:, H : 2 * H] + ah_rz[:, H:]))
+        if reset_after:
+            n = acts[1](cl(ax[:, 2 * H :] + r * (h @ w_hh[2 * H :].T + b_hh[2 * H :])))
+        else:
+            n = acts[1](cl(ax[:, 2 * H :] + (r * h) @ w_hh[2 * H :].T + b_hh[2 * H :]))
+        return (1.0 - z) * n + z * h, None
+    return f(cl(ax + h @ w_hh.T + b_hh)), None
+
+
 def param_names(mode, num_layers=1, bidirectional=False, bias=True, proj_size=0):
     """The PyTorch state_dict names of a recurrent stack, in PyTorch's order."""
     names = []
@@ -97,8 +156,11 @@ def recurrent(
     reset_after=True,
     proj_size=0,
     batch_first=False,
+    activations=None,
+    clip=None,
+    input_forget=False,
 ):
-    """Run a whole recurrent stack, with PyTorch's semantics.
+    """Run a whole recurrent stack, with PyTorch's semantics (and ONNX's extensions on request).
 
     Parameters
     ----------
@@ -110,6 +172,8 @@ def recurrent(
         the end are zero, its final state is the one of its last valid step (for the reverse direction,
         the one after step 0), and the reverse direction starts at its own last valid step.
         A zero-length sequence returns its initial state.
+    activations, clip, input_forget : ONNX extensions (see onnx_cell); activations is one list of
+        (name, alpha, beta) per direction. LSTM peepholes come as params "weight_peep_l{k}[_reverse]".
 
     Returns
     -------
@@ -130,6 +194,10 @@ def recurrent(
     h_n = np.zeros((num_layers * D, B, Hout))
     c_n = np.zeros((num_layers * D, B, H)) if mode == "LSTM" else None
 
+    ext = activations is not None or clip is not None or input_forget or any("peep" in k for k in p)
+    if ext and activations is None:
+        default = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}.get(mode, [mode[4:].lower()])
+        activations = [[(a, 0.0, 0.0) for a in default]] * D
     layer_in = x
     for layer in range(num_layers):
         outs = []
@@ -145,7 +213,11 @@ def recurrent(
                 steps = range(lengths[b])
                 for t in reversed(steps) if d else steps:
                     xt = layer_in[t, b : b + 1]
-                    if mode == "LSTM":
+                    if ext:
+                        acts = [onnx_act(a) for a in activations[d]]
+                        h, c = onnx_cell("LSTM" if mode == "LSTM" else mode[:3], xt, h, c, w_ih, w_hh, b_ih,
+                                         b_hh, acts, clip, p.get(f"weight_peep_{sfx}"), input_forget, reset_after)
+                    elif mode == "LSTM":
                         h, c = lstm_cell(xt, h, c, w_ih, w_hh, b_ih, b_hh, p.get(f"weight_hr_{sfx}"))
                     elif mode == "GRU":
                         h = gru_cell(xt, h, w_ih, w_hh, b_ih, b_hh, reset_after)
