@@ -11,9 +11,12 @@
  *      The forward direction reads time t = s, the reverse one t = len[b] - 1 - s.
  *   3. One fused pointwise pass per step (two for the original GRU, plus the projection GEMM for LSTM
  *      with proj_size).
- *   Batch 1 without projection takes rf_rnn_step_b1 (rf_rnn_b1.c): W_hh packed by unit blocks, the
- *   threads of one persistent parallel region each own a slice of hidden units (their weights stay in
- *   that core's cache) and meet at one barrier per step.
+ *   Batch 1 without projection takes rf_rnn_b1_layer (rf_rnn_b1.c): W_ih and W_hh packed by unit blocks,
+ *   the threads of one parallel region each own a slice of hidden units (their weights stay in that
+ *   core's cache), project their own inputs and meet at one barrier per step; the two directions of a
+ *   bidirectional layer run on two threads without any synchronisation.
+ *   Larger batches use SciPy's BLAS (which threads itself) for the GEMMs and a serial fused pointwise
+ *   pass: no OpenMP team is spinning while BLAS threads work.
  * Outputs of padded positions (t >= len[b]) are zero; the final state of a sequence is its state after
  * its last valid step (reverse direction: after t = 0); a zero-length sequence keeps its initial state.
  */
@@ -85,10 +88,11 @@ static int carve_ws(const rf_rnn_desc *d, int T, int B, rf_carver *cv, rf_ws *w)
     const size_t G = (size_t)rf_gates(d->cell), H = (size_t)d->hidden_size;
     const size_t P = d->proj_size ? (size_t)d->proj_size : H, D = (size_t)d->num_dirs;
     size_t TB = (size_t)T * (size_t)B;
-    w->gx = rf_carve(cv, rf_mul3(TB ? TB : 1, G, H));
+    const size_t Db1 = B == 1 ? D : 1; /* batch 1 keeps both directions' buffers (run concurrently) */
+    w->gx = rf_carve(cv, rf_mul3(TB ? TB : 1, G * Db1, H));
     w->hh = rf_carve(cv, rf_mul3(B ? B : 1, G, H));
-    w->h = rf_carve(cv, rf_mul3(B ? B : 1, 2, P));
-    w->c = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
+    w->h = rf_carve(cv, rf_mul3(B ? B : 1, 2 * Db1, P));
+    w->c = rf_carve(cv, rf_mul3(B ? B : 1, Db1, H));
     w->m = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
     size_t lay = d->num_layers > 1 ? rf_mul3(TB ? TB : 1, D, P) : 1;
     w->lay[0] = rf_carve(cv, lay);
@@ -266,21 +270,15 @@ static void pointwise_rows_ext(const rf_step_ctx *k, int s, int i0, int i1, cons
     }
 }
 
-/* Run the pointwise kernel over [0, nact), split across threads when the work is large enough. */
-static void run_pointwise(const rf_step_ctx *k, int s, int nact, const float *hh, float *h, float *c,
-                          float *m, int phase, int nt) {
-    const long work = (long)nact * k->d->hidden_size;
-    const int par = nt > 1 && work >= 32768 && nact > 1;
-    (void)par;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int i = 0; i < nact; i++) {
-        if (k->d->ext)
-            pointwise_rows_ext(k, s, i, i + 1, hh, h, c, m, phase);
-        else if (phase == 2)
-            gru_rb_phase2(k, s, i, i + 1, hh, h);
-        else
-            pointwise_rows(k, s, i, i + 1, hh, h, c, m);
-    }
+/* The pointwise pass over the active rows [0, nact) of step s. */
+static void run_pointwise(const rf_step_ctx *k, int s, int nact, const float *hh, float *h, float *c, float *m,
+                          int phase) {
+    if (k->d->ext)
+        pointwise_rows_ext(k, s, 0, nact, hh, h, c, m, phase);
+    else if (phase == 2)
+        gru_rb_phase2(k, s, 0, nact, hh, h);
+    else
+        pointwise_rows(k, s, 0, nact, hh, h, c, m);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -364,6 +362,33 @@ rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf
     const float *layer_in = io->x;
     int in_size = d->input_size;
     size_t in_ts = u_ts, in_bs = u_bs;
+    if (rf_rnn_b1_eligible(d, w, B)) {
+        for (int l = 0; l < L; l++) {
+            const int last = l == L - 1;
+            float *layer_out = last ? io->out : W.lay[l & 1];
+            if (!last && io->lengths) memset(layer_out, 0, (size_t)T * (size_t)(D * P) * sizeof(float));
+            rf_b1_layer bl = {&w[l * D], layer_in, in_size, (size_t)in_size, maxlen, layer_out, (size_t)(D * P),
+                              {W.gx, W.gx + (size_t)T * GH}, {W.h, W.h + 2 * (size_t)H}, {W.c, W.c + H}};
+            for (int dir = 0; dir < D; dir++) {
+                const size_t k = (size_t)(l * D + dir);
+                if (io->h0) memcpy(bl.h[dir], io->h0 + k * H, (size_t)H * sizeof(float));
+                else memset(bl.h[dir], 0, (size_t)H * sizeof(float));
+                if (d->cell == RF_CELL_LSTM) {
+                    if (io->c0) memcpy(bl.c[dir], io->c0 + k * H, (size_t)H * sizeof(float));
+                    else memset(bl.c[dir], 0, (size_t)H * sizeof(float));
+                }
+            }
+            rf_rnn_b1_layer(d, &bl, nt);
+            for (int dir = 0; dir < D; dir++) {
+                const size_t k = (size_t)(l * D + dir);
+                if (io->h_n) memcpy(io->h_n + k * H, bl.h[dir], (size_t)H * sizeof(float));
+                if (io->c_n && d->cell == RF_CELL_LSTM) memcpy(io->c_n + k * H, bl.c[dir], (size_t)H * sizeof(float));
+            }
+            layer_in = layer_out;
+            in_size = D * P;
+        }
+        return RF_OK;
+    }
     for (int l = 0; l < L; l++) {
         const int last = l == L - 1;
         float *layer_out = last ? io->out : W.lay[l & 1];
@@ -392,22 +417,19 @@ rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf
                                layer_out ? layer_out + (size_t)dir * P : NULL, out_ts, out_bs,
                                (size_t)(D * P), W.perm, W.len, T, dir == 1};
             /* 3. time loop */
-            if (rf_rnn_b1_eligible(d, B, nt)) {
-                rf_rnn_b1_run(d, wk, W.gx, ctx.out, ctx.out_ts * ctx.out_ld, maxlen, ctx.reverse, W.h,
-                              d->cell == RF_CELL_LSTM ? W.c : NULL, nt);
-            } else {
+            {
                 int nact = B;
                 for (int s = 0; s < maxlen; s++) {
                     while (nact > 0 && W.len[nact - 1] <= s) nact--;
                     if (d->cell == RF_CELL_GRU && !d->reset_after) {
                         rf_sgemm(0, 1, nact, 2 * H, P, 1.0f, W.h, P, wk->w_hh, P, 0.0f, W.hh, GH);
-                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1, nt);
+                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1);
                         rf_sgemm(0, 1, nact, H, H, 1.0f, W.m, H, wk->w_hh + (size_t)2 * H * H, H, 0.0f,
                                  W.hh + 2 * H, GH);
-                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 2, nt);
+                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 2);
                     } else {
                         rf_sgemm(0, 1, nact, GH, P, 1.0f, W.h, P, wk->w_hh, P, 0.0f, W.hh, GH);
-                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1, nt);
+                        run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1);
                         if (d->proj_size) {
                             rf_sgemm(0, 1, nact, P, H, 1.0f, W.m, H, wk->w_hr, H, 0.0f, W.h, P);
                             if (ctx.out)

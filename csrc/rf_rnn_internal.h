@@ -14,12 +14,23 @@
 
 int rf_gates(int cell);
 
-/* Batch-1 persistent-thread path: B == 1, PyTorch semantics, no projection, W_hh packed. */
-int rf_rnn_b1_eligible(const rf_rnn_desc *d, int B, int nt);
-/* Steps s = 0..nsteps-1 of one direction of batch 1 (time t = s, or nsteps-1-s when reverse).
- * gx: (T, G*H) input projections; out: row t at out + t*out_stride (or NULL);
- * h: 2*P floats (state in h[0..P), second half is scratch); c: H floats (LSTM) */
-void rf_rnn_b1_run(const rf_rnn_desc *d, const rf_rnn_weights *w, const float *gx, float *out,
-                   size_t out_stride, int nsteps, int reverse, float *h, float *c, int nt);
+/* Batch-1 path: B == 1, PyTorch semantics, no projection, W_ih and W_hh packed (rf_rnn_pack). */
+int rf_rnn_b1_eligible(const rf_rnn_desc *d, const rf_rnn_weights *w, int B);
 
-#endif
+typedef struct {
+    const rf_rnn_weights *w; /* D entries: this layer's directions */
+    const float *x;          /* layer input, row t at x + t*x_stride, K floats */
+    int K;
+    size_t x_stride;
+    int len;                 /* steps to run (the sequence's length) */
+    float *out;              /* row t at out + t*out_stride (+ dir*H), or NULL */
+    size_t out_stride;
+    float *gx[2];            /* per direction (T, G*H) scratch */
+    float *h[2];             /* per direction 2*H: state in [0, H), ping-pong scratch in [H, 2H) */
+    float *c[2];             /* per direction H (LSTM) */
+} rf_b1_layer;
+
+/* Runs one layer of batch 1: input projection and time loop, both directions. */
+void rf_rnn_b1_layer(const rf_rnn_desc *d, const rf_b1_layer *L, int nt);
+
+#endif /* RF_RNN_INTERNAL_H */

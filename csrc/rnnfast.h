@@ -81,7 +81,8 @@ typedef struct {
     const float *b_hn; /* (H) GRU reset_after only: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
     const float *w_hr; /* (P, H) LSTM projection, or NULL */
     const float *peep; /* (3*H) LSTM peepholes [i f o] (ONNX P, reordered), or NULL */
-    const float *packed_hh; /* optional W_hh packed by rf_rnn_pack_hh for the batch-1 kernel, or NULL */
+    const float *packed_ih; /* optional W_ih packed by rf_rnn_pack (K = I_l) for the batch-1 kernel */
+    const float *packed_hh; /* optional W_hh packed by rf_rnn_pack (K = P) for the batch-1 kernel */
 } rf_rnn_weights;
 
 typedef struct {
@@ -102,9 +103,11 @@ rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err);
 /* Bytes of workspace rf_rnn_forward needs for T steps of batch B (0 on overflow: treat as error). */
 size_t rf_rnn_workspace_size(const rf_rnn_desc *d, int T, int B);
 
-/* Number of floats of the packed W_hh of one (layer, direction), and the packing itself. */
-size_t rf_rnn_packed_hh_size(const rf_rnn_desc *d);
-void rf_rnn_pack_hh(const rf_rnn_desc *d, const float *w_hh, /* (G*H, P) */ float *packed /*out*/);
+/* Packing of a (G*H, K) weight for the batch-1 kernel: blocks of 16 hidden units, (ceil(H/16), G, K, 16).
+ * rf_rnn_packed_size gives its number of floats (0 on error). Batch-1 calls use the packed kernel only
+ * when every (layer, direction) has packed_ih and packed_hh. */
+size_t rf_rnn_packed_size(const rf_rnn_desc *d, int K);
+void rf_rnn_pack(const rf_rnn_desc *d, const float *w, /* (G*H, K) */ int K, float *packed /*out*/);
 
 /* Runs the whole stack. w: L*D entries. ws: at least rf_rnn_workspace_size(d, T, B) bytes,
  * 64-byte aligned. n_threads <= 0: the OpenMP default. */

@@ -51,6 +51,7 @@ cdef extern from "rnnfast.h" nogil:
         const float *b_hn
         const float *w_hr
         const float *peep
+        const float *packed_ih
         const float *packed_hh
     ctypedef struct rf_rnn_io:
         int T
@@ -65,8 +66,8 @@ cdef extern from "rnnfast.h" nogil:
         float *c_n
     rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err)
     size_t rf_rnn_workspace_size(const rf_rnn_desc *d, int T, int B)
-    size_t rf_rnn_packed_hh_size(const rf_rnn_desc *d)
-    void rf_rnn_pack_hh(const rf_rnn_desc *d, const float *w_hh, float *packed)
+    size_t rf_rnn_packed_size(const rf_rnn_desc *d, int K)
+    void rf_rnn_pack(const rf_rnn_desc *d, const float *w, int K, float *packed)
     rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf_rnn_io *io, void *ws,
                              size_t ws_size, int n_threads, char *err)
 
@@ -150,7 +151,7 @@ cdef class RNNPlan:
         ext: None or dict(act=[[(kind, alpha, beta)]*3]*D, clip=float, input_forget=bool)."""
         cdef char err[256]
         cdef int k, g, d
-        cdef size_t npacked
+        cdef size_t n_ih, n_hh
         memset(&self.desc, 0, sizeof(self.desc))
         memset(&self.ext, 0, sizeof(self.ext))
         self.desc.cell = CELLS[cell]
@@ -187,7 +188,6 @@ cdef class RNNPlan:
         keep = []
         cdef Py_ssize_t GH = self.gates * hidden_size, H = hidden_size, P = self.proj
         cdef Py_ssize_t I_l
-        npacked = rf_rnn_packed_hh_size(&self.desc)
         for k in range(num_layers * num_dirs):
             wk = weights[k]
             I_l = input_size if k < num_dirs else num_dirs * P
@@ -197,9 +197,16 @@ cdef class RNNPlan:
             self.w[k].b_hn = cptr(wk.get("b_hn"), H, "b_hn")
             self.w[k].w_hr = cptr(wk.get("w_hr"), P * H, "w_hr")
             self.w[k].peep = cptr(wk.get("peep"), 3 * H, "peep")
-            packed = np.empty(npacked, dtype=np.float32)
-            rf_rnn_pack_hh(&self.desc, self.w[k].w_hh, wptr(packed, npacked, "packed"))
-            self.w[k].packed_hh = cptr(packed, npacked, "packed")
+            packed = None
+            if ext is None and proj_size == 0 and (cell != "GRU" or reset_after):
+                # the batch-1 kernel's layout (rf_rnn_pack): costs one more copy of the weights
+                n_ih = rf_rnn_packed_size(&self.desc, <int>I_l)
+                n_hh = rf_rnn_packed_size(&self.desc, <int>P)
+                packed = (np.empty(n_ih, dtype=np.float32), np.empty(n_hh, dtype=np.float32))
+                rf_rnn_pack(&self.desc, self.w[k].w_ih, <int>I_l, wptr(packed[0], n_ih, "packed_ih"))
+                rf_rnn_pack(&self.desc, self.w[k].w_hh, <int>P, wptr(packed[1], n_hh, "packed_hh"))
+                self.w[k].packed_ih = cptr(packed[0], n_ih, "packed_ih")
+                self.w[k].packed_hh = cptr(packed[1], n_hh, "packed_hh")
             keep.append((wk, packed))
         self.keep = keep
 
