@@ -186,6 +186,9 @@ void rf_rnn_b1_layer(const rf_rnn_desc *d, const rf_b1_layer *L, int nt) {
         /* below ~64 units per thread a barrier per step costs more than the split saves */
         if (H < 64 * nth) nth = H / 64 > 1 ? H / 64 : 1;
     }
+    /* a team costs a few microseconds to start: not worth it for a few steps of a small layer */
+    const double flops = 2.0 * L->len * D * rf_gates(d->cell) * (double)H * (double)(H + L->K);
+    if (flops < 5e5) nth = 1;
     if (nth < 1) nth = 1;
     if (L->len > 0) {
 #pragma omp parallel num_threads(nth) if (nth > 1)

@@ -11,9 +11,13 @@ from . import errors
 from ._threads import get_num_threads, set_num_threads
 from .errors import RnnfastError
 from .layers import GRU, LSTM, RNN, layer_from_config
+from .loaders import load, onnx_layers, save
 from .loaders.torch import from_torch
+from .models import (Embedding, Linear, LogSoftmax, ReLU, Reversed, Sequential, Sigmoid, Softmax, Tanh,
+                     model_from_config)
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "layer_from_config", "from_torch", "set_num_threads", "get_num_threads",
-           "errors", "RnnfastError", "__version__"]
+           "errors", "RnnfastError", "__version__", "load", "save", "onnx_layers", "Embedding", "Linear",
+           "LogSoftmax", "ReLU", "Reversed", "Sequential", "Sigmoid", "Softmax", "Tanh", "model_from_config"]

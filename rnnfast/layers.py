@@ -77,6 +77,7 @@ class RNNBase:
         activations: Optional[Sequence[Sequence[Any]]] = None,
         clip: Optional[float] = None,
         input_forget: bool = False,
+        peepholes: bool = False,
     ) -> None:
         for name, v, lo in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                             ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
@@ -88,10 +89,12 @@ class RNNBase:
             raise ValueError(f"proj_size: expected < hidden_size ({hidden_size}), got {proj_size}")
         if not 0.0 <= float(dropout) <= 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
+        if peepholes and self.mode != "LSTM":
+            raise ValueError("peepholes: only LSTM has peephole connections")
         if input_forget and self.mode != "LSTM":
             raise ValueError("input_forget: only LSTM has an input and a forget gate")
-        if proj_size and (activations is not None or clip is not None or input_forget):
-            raise UnsupportedError("proj_size cannot be combined with ONNX's activations/clip/input_forget")
+        if proj_size and (activations is not None or clip is not None or input_forget or peepholes):
+            raise UnsupportedError("proj_size cannot be combined with ONNX's activations/clip/input_forget/peepholes")
         if clip is not None and not (float(clip) > 0.0):
             raise ValueError(f"clip: expected a positive threshold or None, got {clip}")
         self.input_size = int(input_size)
@@ -105,6 +108,7 @@ class RNNBase:
         self.reset_after = bool(reset_after)
         self.clip = None if clip is None else float(clip)
         self.input_forget = bool(input_forget)
+        self.peepholes = bool(peepholes)
         self.activations = self._parse_activations(activations)
         self._plan = None
         self._params: dict[str, np.ndarray] = {}
@@ -132,6 +136,8 @@ class RNNBase:
                     shapes[f"bias_hh_l{layer}{sfx}"] = (G * H,)
                 if self.proj_size:
                     shapes[f"weight_hr_l{layer}{sfx}"] = (P, H)
+                if self.peepholes:
+                    shapes[f"weight_peep_l{layer}{sfx}"] = (3 * H,)
         return shapes
 
     def reset_parameters(self, seed: Optional[int] = None) -> None:
@@ -139,6 +145,9 @@ class RNNBase:
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.hidden_size)
         params = {n: rng.uniform(-k, k, size=s).astype(np.float32) for n, s in self._expected_shapes().items()}
+        for n in params:
+            if "peep" in n:  # ONNX's default peepholes are zero
+                params[n][:] = 0.0
         self._set_params(params)
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -151,18 +160,22 @@ class RNNBase:
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Load parameters by PyTorch's names. Every problem is reported in one StateDictError.
 
-        Optional peephole weights ``weight_peep_l{k}[_reverse]`` (3*H,) in order [i, f, o] (LSTM, from ONNX)
-        are accepted in addition.
+        LSTM peephole weights ``weight_peep_l{k}[_reverse]`` (3*H,) in order [i, f, o] (from ONNX) are
+        accepted by any LSTM: loading them into a layer built without ``peepholes=True`` turns them on
+        (all of them must then be given).
         """
         if not hasattr(state, "items"):
             raise StateDictError(f"state: expected a mapping of names to arrays, got {type(state).__name__}")
         expected = self._expected_shapes()
         peep = {}
-        if self.mode == "LSTM":
+        if self.mode == "LSTM" and not self.proj_size and not self.peepholes:
             for layer in range(self.num_layers):
                 for sfx in ("", "_reverse")[: self.num_directions]:
                     peep[f"weight_peep_l{layer}{sfx}"] = (3 * self.hidden_size,)
         problems, params = [], {}
+        if peep and any(n in state for n in peep):  # peepholes arrive: they become regular parameters
+            expected = {**expected, **peep}
+            peep = {}
         missing = [n for n in expected if n not in state]
         if missing:
             problems.append("missing: " + ", ".join(missing))
@@ -192,6 +205,7 @@ class RNNBase:
             for n in missing:
                 params[n] = self._params[n]
         self._set_params(params)
+        self.peepholes = any("peep" in n for n in params)
 
     def _set_params(self, params: dict[str, np.ndarray]) -> None:
         from ._core import RNNPlan
@@ -214,7 +228,8 @@ class RNNBase:
                     w["peep"] = params[f"weight_peep_{s}"]
                 weights.append(w)
         ext = None
-        if self.activations is not None or self.clip is not None or self.input_forget:
+        has_peep = any("peep" in n for n in params)
+        if self.activations is not None or self.clip is not None or self.input_forget or has_peep:
             acts = self.activations or [self._parse_act_list(_DEFAULT_ACTS[self.mode])] * D
             ext = {"act": [a + [(0, 0.0, 0.0)] * (3 - len(a)) for a in acts] + [[(0, 0.0, 0.0)] * 3] * (2 - D),
                    "clip": self.clip or 0.0, "input_forget": self.input_forget}
@@ -257,6 +272,8 @@ class RNNBase:
             cfg["clip"] = self.clip
         if self.input_forget:
             cfg["input_forget"] = True
+        if self.peepholes:
+            cfg["peepholes"] = True
         return cfg
 
     def _extra_config(self) -> dict:

@@ -27,14 +27,15 @@ def from_torch_rnn(module: Any):
     return layer
 
 
-def from_torch(module: Any):
-    """A torch.nn module -> the rnnfast equivalent (RNN/LSTM/GRU here; other layers in torch_models)."""
-    if type(module).__name__ in ("RNN", "LSTM", "GRU"):
+def from_torch(module: Any, **kwargs: Any):
+    """A torch.nn module -> the rnnfast equivalent (RNN/LSTM/GRU here; other layers and containers in
+    torch_models, which takes the keyword options documented there)."""
+    if type(module).__name__ in ("RNN", "LSTM", "GRU") and not kwargs:
         return from_torch_rnn(module)
     try:
         from . import torch_models
     except ImportError:
         torch_models = None
     if torch_models is not None and hasattr(torch_models, "from_torch_module"):
-        return torch_models.from_torch_module(module)
+        return torch_models.from_torch_module(module, **kwargs)
     raise UnsupportedError(f"from_torch: no rnnfast equivalent for {type(module).__name__}")
