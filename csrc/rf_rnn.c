@@ -11,12 +11,10 @@
  *      The forward direction reads time t = s, the reverse one t = len[b] - 1 - s.
  *   3. One fused pointwise pass per step (two for the original GRU, plus the projection GEMM for LSTM
  *      with proj_size).
- *   Batch 1 without projection takes rf_rnn_b1_layer (rf_rnn_b1.c): W_ih and W_hh packed by unit blocks,
- *   the threads of one parallel region each own a slice of hidden units (their weights stay in that
- *   core's cache), project their own inputs and meet at one barrier per step; the two directions of a
- *   bidirectional layer run on two threads without any synchronisation.
- *   Larger batches use SciPy's BLAS (which threads itself) for the GEMMs and a serial fused pointwise
- *   pass: no OpenMP team is spinning while BLAS threads work.
+ *   This generic path serves LSTM projections and ONNX's extensions, and is the naive kernel the fast
+ *   path (rf_rnn_fast.c: packed weights, fused steps, one parallel region per layer) is checked
+ *   against. Its GEMMs are SciPy's BLAS (which threads itself) and its pointwise pass is serial, so no
+ *   OpenMP team spins beside BLAS threads.
  * Outputs of padded positions (t >= len[b]) are zero; the final state of a sequence is its state after
  * its last valid step (reverse direction: after t = 0); a zero-length sequence keeps its initial state.
  */
@@ -76,7 +74,7 @@ rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err) {
 typedef struct {
     float *gx;      /* (T*B, G*H) input projections of the current (layer, dir) */
     float *hh;      /* (B, G*H) recurrent projections */
-    float *h;       /* (B, P) state, rows in perm order; second half for the b1 kernel's ping-pong */
+    float *h;       /* (B, P) state, rows in perm order */
     float *c;       /* (B, H) LSTM cell state, perm order */
     float *m;       /* (B, H) LSTM pre-projection output / GRU reset-before r*h */
     float *lay[2];  /* (T, B, D*P) outputs of intermediate layers (time-major), ping-pong */
@@ -88,11 +86,10 @@ static int carve_ws(const rf_rnn_desc *d, int T, int B, rf_carver *cv, rf_ws *w)
     const size_t G = (size_t)rf_gates(d->cell), H = (size_t)d->hidden_size;
     const size_t P = d->proj_size ? (size_t)d->proj_size : H, D = (size_t)d->num_dirs;
     size_t TB = (size_t)T * (size_t)B;
-    const size_t Db1 = B == 1 ? D : 1; /* batch 1 keeps both directions' buffers (run concurrently) */
-    w->gx = rf_carve(cv, rf_mul3(TB ? TB : 1, G * Db1, H));
+    w->gx = rf_carve(cv, rf_mul3(TB ? TB : 1, G, H));
     w->hh = rf_carve(cv, rf_mul3(B ? B : 1, G, H));
-    w->h = rf_carve(cv, rf_mul3(B ? B : 1, 2 * Db1, P));
-    w->c = rf_carve(cv, rf_mul3(B ? B : 1, Db1, H));
+    w->h = rf_carve(cv, rf_mul3(B ? B : 1, 2, P));
+    w->c = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
     w->m = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
     size_t lay = d->num_layers > 1 ? rf_mul3(TB ? TB : 1, D, P) : 1;
     w->lay[0] = rf_carve(cv, lay);
@@ -102,12 +99,47 @@ static int carve_ws(const rf_rnn_desc *d, int T, int B, rf_carver *cv, rf_ws *w)
     return cv->ok;
 }
 
+/* The fast path's workspace: per direction a gx chunk, 2 h buffers, c, m; intermediate layer outputs. */
+typedef struct {
+    float *gx[2], *h[2], *c[2], *m[2];
+    float *lay[2];
+    int32_t *perm, *len;
+} rf_fws;
+
+static int carve_fws(const rf_rnn_desc *d, int T, int B, rf_carver *cv, rf_fws *w) {
+    const size_t G = (size_t)rf_gates(d->cell), H = (size_t)d->hidden_size, D = (size_t)d->num_dirs;
+    const size_t Bs = B ? (size_t)B : 1, Tc = (size_t)rf_rnn_fast_chunk(d, T, B);
+    for (size_t dir = 0; dir < D; dir++) {
+        w->gx[dir] = rf_carve(cv, rf_mul3(Tc, Bs, G * H));
+        w->h[dir] = rf_carve(cv, rf_mul3(2, Bs, H));
+        w->c[dir] = rf_carve(cv, rf_mul3(1, Bs, H));
+        w->m[dir] = rf_carve(cv, rf_mul3(1, Bs, H));
+    }
+    size_t TB = (size_t)T * Bs;
+    size_t lay = d->num_layers > 1 ? rf_mul3(TB ? TB : 1, D, H) : 1;
+    w->lay[0] = rf_carve(cv, lay);
+    w->lay[1] = rf_carve(cv, d->num_layers > 2 ? lay : 1);
+    w->perm = (int32_t *)rf_carve(cv, Bs);
+    w->len = (int32_t *)rf_carve(cv, Bs);
+    return cv->ok;
+}
+
 size_t rf_rnn_workspace_size(const rf_rnn_desc *d, int T, int B) {
     if (rf_rnn_check_desc(d, NULL) != RF_OK || T < 0 || B < 0) return 0;
-    rf_carver cv = {NULL, 0, 1};
+    rf_carver cv = {NULL, 0, 1}, cf = {NULL, 0, 1};
     rf_ws w;
-    if (!carve_ws(d, T, B, &cv, &w)) return 0;
-    return cv.used + RF_ALIGN; /* room to align the base */
+    rf_fws f;
+    if (!carve_ws(d, T, B, &cv, &w) || !carve_fws(d, T, B, &cf, &f)) return 0;
+    return (cv.used > cf.used ? cv.used : cf.used) + RF_ALIGN; /* room to align the base */
+}
+
+size_t rf_rnn_workspace_size_w(const rf_rnn_desc *d, const rf_rnn_weights *w, int T, int B) {
+    if (!w || rf_rnn_check_desc(d, NULL) != RF_OK || T < 0 || B < 0) return 0;
+    if (!rf_rnn_fast_eligible(d, w)) return rf_rnn_workspace_size(d, T, B);
+    rf_carver cf = {NULL, 0, 1};
+    rf_fws f;
+    if (!carve_fws(d, T, B, &cf, &f)) return 0;
+    return cf.used + RF_ALIGN;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -309,6 +341,55 @@ static void sort_by_length(int B, int T, const int32_t *lengths, int32_t *perm, 
     for (int i = 0; i < B; i++) len[i] = lengths[perm[i]];
 }
 
+/* The fast path over all layers (rf_rnn_fast.c does one layer). base: aligned workspace. */
+static rf_status forward_fast(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf_rnn_io *io, char *base,
+                              int nt) {
+    const int T = io->T, B = io->B, L = d->num_layers, D = d->num_dirs, H = d->hidden_size;
+    const size_t u_ts = io->batch_first ? 1 : (size_t)B, u_bs = io->batch_first ? (size_t)T : 1;
+    rf_carver cf = {base, 0, 1};
+    rf_fws F;
+    if (!carve_fws(d, T, B, &cf, &F)) return RF_ERR_INTERNAL;
+    sort_by_length(B, T, io->lengths, F.perm, F.len);
+    const float *layer_in = io->x;
+    int in_size = d->input_size;
+    size_t in_ts = u_ts, in_bs = u_bs;
+    for (int l = 0; l < L; l++) {
+        const int last = l == L - 1;
+        float *layer_out = last ? io->out : F.lay[l & 1];
+        const size_t out_ts = last ? u_ts : (size_t)B, out_bs = last ? u_bs : 1;
+        if (!last && io->lengths) memset(layer_out, 0, (size_t)T * B * (size_t)(D * H) * sizeof(float));
+        rf_fast_layer fl = {&w[l * D], layer_in, in_size, in_ts, in_bs, layer_out, out_ts, out_bs,
+                            (size_t)(D * H), F.perm, F.len, B, T, rf_rnn_fast_chunk(d, T, B),
+                            {F.gx[0], F.gx[D - 1]}, {F.h[0], F.h[D - 1]}, {F.c[0], F.c[D - 1]},
+                            {F.m[0], F.m[D - 1]}};
+        for (int dir = 0; dir < D; dir++)
+            for (int i = 0; i < B; i++) {
+                const size_t k = (size_t)(l * D + dir), b = (size_t)F.perm[i];
+                float *hi = fl.h[dir] + (size_t)i * H, *ci = fl.c[dir] + (size_t)i * H;
+                if (io->h0) memcpy(hi, io->h0 + (k * B + b) * H, (size_t)H * sizeof(float));
+                else memset(hi, 0, (size_t)H * sizeof(float));
+                if (d->cell == RF_CELL_LSTM) {
+                    if (io->c0) memcpy(ci, io->c0 + (k * B + b) * H, (size_t)H * sizeof(float));
+                    else memset(ci, 0, (size_t)H * sizeof(float));
+                }
+            }
+        rf_rnn_fast_layer(d, &fl, nt);
+        for (int dir = 0; dir < D; dir++)
+            for (int i = 0; i < B; i++) {
+                const size_t k = (size_t)(l * D + dir), b = (size_t)F.perm[i];
+                const float *hf = fl.h[dir] + ((size_t)(F.len[i] & 1) * B + i) * H;
+                if (io->h_n) memcpy(io->h_n + (k * B + b) * H, hf, (size_t)H * sizeof(float));
+                if (io->c_n && d->cell == RF_CELL_LSTM)
+                    memcpy(io->c_n + (k * B + b) * H, fl.c[dir] + (size_t)i * H, (size_t)H * sizeof(float));
+            }
+        layer_in = layer_out;
+        in_size = D * H;
+        in_ts = out_ts;
+        in_bs = out_bs;
+    }
+    return RF_OK;
+}
+
 rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf_rnn_io *io, void *ws,
                          size_t ws_size, int n_threads, char *err) {
     rf_status st = rf_rnn_check_desc(d, err);
@@ -328,67 +409,37 @@ rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf
         if (d->proj_size && !w[k].w_hr)
             return rf_fail(err, RF_ERR_INVALID_ARG, "w_hr of layer %d direction %d is NULL", k / D, k % D);
     }
-    size_t need = rf_rnn_workspace_size(d, T, B);
+    const int fast = rf_rnn_fast_eligible(d, w);
+    size_t need = rf_rnn_workspace_size_w(d, w, T, B);
     if (need == 0) return rf_fail(err, RF_ERR_INVALID_ARG, "workspace size overflows for T=%d, B=%d", T, B);
     if (!ws || ws_size < need)
         return rf_fail(err, RF_ERR_INVALID_ARG, "workspace: expected >= %zu bytes, got %zu", need, ws_size);
 
     const int H = d->hidden_size, P = d->proj_size ? d->proj_size : H, G = rf_gates(d->cell), GH = G * H;
     char *base = (char *)(((uintptr_t)ws + RF_ALIGN - 1) / RF_ALIGN * RF_ALIGN);
-    rf_carver cv = {base, 0, 1};
-    rf_ws W;
-    if (!carve_ws(d, T, B, &cv, &W)) return rf_fail(err, RF_ERR_INTERNAL, "workspace carving failed");
 #ifdef _OPENMP
     const int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
 #else
     const int nt = 1;
     (void)n_threads;
 #endif
-
-    sort_by_length(B, T, io->lengths, W.perm, W.len);
-    const int maxlen = B > 0 ? W.len[0] : 0;
-    const size_t TB = (size_t)T * B;
-    /* row strides of the user's x/out (batch_first or not) and of the time-major intermediates */
     const size_t u_ts = io->batch_first ? 1 : (size_t)B, u_bs = io->batch_first ? (size_t)T : 1;
-
-    if (io->out && io->lengths && maxlen < T + 1) {
-        /* zero the padded positions of the final output once */
+    if (io->out && io->lengths) /* zero the padded positions of the final output once */
         for (int b = 0; b < B; b++)
             for (int t = io->lengths[b]; t < T; t++)
                 memset(io->out + ((size_t)t * u_ts + (size_t)b * u_bs) * (size_t)(D * P), 0,
                        (size_t)(D * P) * sizeof(float));
-    }
+    if (fast) return forward_fast(d, w, io, base, nt);
 
+    rf_carver cv = {base, 0, 1};
+    rf_ws W;
+    if (!carve_ws(d, T, B, &cv, &W)) return rf_fail(err, RF_ERR_INTERNAL, "workspace carving failed");
+    sort_by_length(B, T, io->lengths, W.perm, W.len);
+    const int maxlen = B > 0 ? W.len[0] : 0;
+    const size_t TB = (size_t)T * B;
     const float *layer_in = io->x;
     int in_size = d->input_size;
     size_t in_ts = u_ts, in_bs = u_bs;
-    if (rf_rnn_b1_eligible(d, w, B)) {
-        for (int l = 0; l < L; l++) {
-            const int last = l == L - 1;
-            float *layer_out = last ? io->out : W.lay[l & 1];
-            if (!last && io->lengths) memset(layer_out, 0, (size_t)T * (size_t)(D * P) * sizeof(float));
-            rf_b1_layer bl = {&w[l * D], layer_in, in_size, (size_t)in_size, maxlen, layer_out, (size_t)(D * P),
-                              {W.gx, W.gx + (size_t)T * GH}, {W.h, W.h + 2 * (size_t)H}, {W.c, W.c + H}};
-            for (int dir = 0; dir < D; dir++) {
-                const size_t k = (size_t)(l * D + dir);
-                if (io->h0) memcpy(bl.h[dir], io->h0 + k * H, (size_t)H * sizeof(float));
-                else memset(bl.h[dir], 0, (size_t)H * sizeof(float));
-                if (d->cell == RF_CELL_LSTM) {
-                    if (io->c0) memcpy(bl.c[dir], io->c0 + k * H, (size_t)H * sizeof(float));
-                    else memset(bl.c[dir], 0, (size_t)H * sizeof(float));
-                }
-            }
-            rf_rnn_b1_layer(d, &bl, nt);
-            for (int dir = 0; dir < D; dir++) {
-                const size_t k = (size_t)(l * D + dir);
-                if (io->h_n) memcpy(io->h_n + k * H, bl.h[dir], (size_t)H * sizeof(float));
-                if (io->c_n && d->cell == RF_CELL_LSTM) memcpy(io->c_n + k * H, bl.c[dir], (size_t)H * sizeof(float));
-            }
-            layer_in = layer_out;
-            in_size = D * P;
-        }
-        return RF_OK;
-    }
     for (int l = 0; l < L; l++) {
         const int last = l == L - 1;
         float *layer_out = last ? io->out : W.lay[l & 1];

@@ -14,23 +14,27 @@
 
 int rf_gates(int cell);
 
-/* Batch-1 path: B == 1, PyTorch semantics, no projection, W_ih and W_hh packed (rf_rnn_pack). */
-int rf_rnn_b1_eligible(const rf_rnn_desc *d, const rf_rnn_weights *w, int B);
+/* The fast path (rf_rnn_fast.c): PyTorch semantics without projection, W_ih and W_hh packed. */
+int rf_rnn_fast_eligible(const rf_rnn_desc *d, const rf_rnn_weights *w);
+/* steps of input projection kept at once (the gx chunk) */
+int rf_rnn_fast_chunk(const rf_rnn_desc *d, int T, int B);
 
 typedef struct {
     const rf_rnn_weights *w; /* D entries: this layer's directions */
-    const float *x;          /* layer input, row t at x + t*x_stride, K floats */
+    const float *x;          /* layer input, row (t, b) at x + (t*x_ts + b*x_bs)*K */
     int K;
-    size_t x_stride;
-    int len;                 /* steps to run (the sequence's length) */
-    float *out;              /* row t at out + t*out_stride (+ dir*H), or NULL */
-    size_t out_stride;
-    float *gx[2];            /* per direction (T, G*H) scratch */
-    float *h[2];             /* per direction 2*H: state in [0, H), ping-pong scratch in [H, 2H) */
-    float *c[2];             /* per direction H (LSTM) */
-} rf_b1_layer;
+    size_t x_ts, x_bs;
+    float *out;              /* row (t, b) at out + (t*o_ts + b*o_bs)*o_ld (+ dir*H), or NULL */
+    size_t o_ts, o_bs, o_ld;
+    const int32_t *perm, *len; /* rows by decreasing length */
+    int B, T, Tc;
+    float *gx[2];            /* per direction (Tc, B, G*H) */
+    float *h[2];             /* per direction 2 x (B, H), perm order; h0 in the first half */
+    float *c[2];             /* per direction (B, H) */
+    float *m[2];             /* per direction (B, H) */
+} rf_fast_layer;
 
-/* Runs one layer of batch 1: input projection and time loop, both directions. */
-void rf_rnn_b1_layer(const rf_rnn_desc *d, const rf_b1_layer *L, int nt);
+/* One layer, both directions. Final state of row i: h[dir] + ((len[i] & 1) * B + i) * H. */
+void rf_rnn_fast_layer(const rf_rnn_desc *d, const rf_fast_layer *L, int nt);
 
 #endif /* RF_RNN_INTERNAL_H */

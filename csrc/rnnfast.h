@@ -100,8 +100,11 @@ typedef struct {
 /* Checks a description; returns RF_ERR_INVALID_ARG with a message when it is inconsistent. */
 rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err);
 
-/* Bytes of workspace rf_rnn_forward needs for T steps of batch B (0 on overflow: treat as error). */
+/* Bytes of workspace rf_rnn_forward needs for T steps of batch B (0 on overflow: treat as error).
+ * rf_rnn_workspace_size is enough for any weights; rf_rnn_workspace_size_w can be much smaller: it knows
+ * whether the packed fast path will run (its memory does not grow with T). */
 size_t rf_rnn_workspace_size(const rf_rnn_desc *d, int T, int B);
+size_t rf_rnn_workspace_size_w(const rf_rnn_desc *d, const rf_rnn_weights *w, int T, int B);
 
 /* Packing of a (G*H, K) weight for the batch-1 kernel: blocks of 16 hidden units, (ceil(H/16), G, K, 16).
  * rf_rnn_packed_size gives its number of floats (0 on error). Batch-1 calls use the packed kernel only

@@ -66,6 +66,7 @@ cdef extern from "rnnfast.h" nogil:
         float *c_n
     rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err)
     size_t rf_rnn_workspace_size(const rf_rnn_desc *d, int T, int B)
+    size_t rf_rnn_workspace_size_w(const rf_rnn_desc *d, const rf_rnn_weights *w, int T, int B)
     size_t rf_rnn_packed_size(const rf_rnn_desc *d, int K)
     void rf_rnn_pack(const rf_rnn_desc *d, const float *w, int K, float *packed)
     rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf_rnn_io *io, void *ws,
@@ -240,7 +241,7 @@ cdef class RNNPlan:
         io.out = wptr(out, T * B * self.n_dirs * self.proj, "out")
         io.h_n = wptr(h_n, LD * B * self.proj, "h_n")
         io.c_n = wptr(c_n, LD * B * self.hidden, "c_n")
-        ws_size = rf_rnn_workspace_size(&self.desc, io.T, io.B)
+        ws_size = rf_rnn_workspace_size_w(&self.desc, self.w, io.T, io.B)
         if ws_size == 0:
             raise OutOfMemoryError(f"workspace size overflows for T={T}, B={B}")
         err[0] = 0

@@ -107,3 +107,20 @@ def test_threads_give_identical_results(n_threads):
         rnnfast.set_num_threads(old)
     np.testing.assert_array_equal(a[0], a1[0])
     np.testing.assert_array_equal(b[0], b1[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B,bidirectional", [(1, False), (1, True), (2, False), (3, True), (5, False), (9, True),
+                                             (33, False)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_fast_path_work_splits(cell, B, bidirectional, n_threads):
+    """Each split of the fast kernel's team: by rows (large B, no sync), by hidden units (small B, one
+    barrier per step, two for the original GRU), by direction (small B, bidirectional)."""
+    lengths = [int(v) for v in np.random.default_rng(B).integers(0, 13, size=B)]
+    lengths[0] = 12
+    old = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(n_threads)
+    try:
+        run_both(cell, 2, bidirectional, B % 2 == 1, lengths, H=136, T=12, B=B, I=24)
+    finally:
+        rnnfast.set_num_threads(old)
