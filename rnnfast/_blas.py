@@ -22,7 +22,7 @@ def sgemm_address() -> int:
     return int(get_pointer(capsule, get_name(capsule)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _openblas_set_threads():
     """SciPy's bundled OpenBLAS ``set_num_threads``, or None (another BLAS, or not found)."""
     import scipy

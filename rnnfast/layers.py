@@ -7,7 +7,8 @@ Non-contiguous input is copied. Outputs are new float32 NumPy arrays.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,14 +17,33 @@ from .errors import DTypeError, ShapeError, StateDictError, UnsupportedError
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 _ONNX_ACTS = {
-    "sigmoid": 0, "tanh": 1, "relu": 2, "affine": 3, "leakyrelu": 4, "thresholdedrelu": 5,
-    "scaledtanh": 6, "hardsigmoid": 7, "elu": 8, "softsign": 9, "softplus": 10,
+    "sigmoid": 0,
+    "tanh": 1,
+    "relu": 2,
+    "affine": 3,
+    "leakyrelu": 4,
+    "thresholdedrelu": 5,
+    "scaledtanh": 6,
+    "hardsigmoid": 7,
+    "elu": 8,
+    "softsign": 9,
+    "softplus": 10,
 }
 # ONNX's default alpha/beta of the activations that take them
-_ACT_DEFAULTS = {"leakyrelu": (0.01, 0.0), "thresholdedrelu": (1.0, 0.0), "hardsigmoid": (0.2, 0.5),
-                 "elu": (1.0, 0.0), "affine": (1.0, 0.0), "scaledtanh": (1.0, 1.0)}
-_DEFAULT_ACTS = {"RNN_TANH": ("Tanh",), "RNN_RELU": ("Relu",), "LSTM": ("Sigmoid", "Tanh", "Tanh"),
-                 "GRU": ("Sigmoid", "Tanh")}
+_ACT_DEFAULTS = {
+    "leakyrelu": (0.01, 0.0),
+    "thresholdedrelu": (1.0, 0.0),
+    "hardsigmoid": (0.2, 0.5),
+    "elu": (1.0, 0.0),
+    "affine": (1.0, 0.0),
+    "scaledtanh": (1.0, 1.0),
+}
+_DEFAULT_ACTS = {
+    "RNN_TANH": ("Tanh",),
+    "RNN_RELU": ("Relu",),
+    "LSTM": ("Sigmoid", "Tanh", "Tanh"),
+    "GRU": ("Sigmoid", "Tanh"),
+}
 
 
 def as_float32(a: Any, name: str) -> np.ndarray:
@@ -72,15 +92,19 @@ class RNNBase:
         dropout: float = 0.0,
         bidirectional: bool = False,
         proj_size: int = 0,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         reset_after: bool = True,
-        activations: Optional[Sequence[Sequence[Any]]] = None,
-        clip: Optional[float] = None,
+        activations: Sequence[Sequence[Any]] | None = None,
+        clip: float | None = None,
         input_forget: bool = False,
         peepholes: bool = False,
     ) -> None:
-        for name, v, lo in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
-                            ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+        for name, v, lo in (
+            ("input_size", input_size, 1),
+            ("hidden_size", hidden_size, 1),
+            ("num_layers", num_layers, 1),
+            ("proj_size", proj_size, 0),
+        ):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
         if proj_size and self.mode != "LSTM":
@@ -140,7 +164,7 @@ class RNNBase:
                     shapes[f"weight_peep_l{layer}{sfx}"] = (3 * H,)
         return shapes
 
-    def reset_parameters(self, seed: Optional[int] = None) -> None:
+    def reset_parameters(self, seed: int | None = None) -> None:
         """Uniform(-1/sqrt(hidden), 1/sqrt(hidden)) for every parameter, like torch."""
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.hidden_size)
@@ -231,10 +255,14 @@ class RNNBase:
         has_peep = any("peep" in n for n in params)
         if self.activations is not None or self.clip is not None or self.input_forget or has_peep:
             acts = self.activations or [self._parse_act_list(_DEFAULT_ACTS[self.mode])] * D
-            ext = {"act": [a + [(0, 0.0, 0.0)] * (3 - len(a)) for a in acts] + [[(0, 0.0, 0.0)] * 3] * (2 - D),
-                   "clip": self.clip or 0.0, "input_forget": self.input_forget}
-        plan = RNNPlan(self.mode, self.reset_after, self.num_layers, D, self.input_size, H, self.proj_size,
-                       weights, ext)
+            ext = {
+                "act": [a + [(0, 0.0, 0.0)] * (3 - len(a)) for a in acts] + [[(0, 0.0, 0.0)] * 3] * (2 - D),
+                "clip": self.clip or 0.0,
+                "input_forget": self.input_forget,
+            }
+        plan = RNNPlan(
+            self.mode, self.reset_after, self.num_layers, D, self.input_size, H, self.proj_size, weights, ext
+        )
         self._params = params
         self._plan = plan  # one attribute store: concurrent callers see the old or the new plan
 
@@ -255,15 +283,24 @@ class RNNBase:
         n = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 3, "GRU": 2}[self.mode]
         acts = list(activations)
         if len(acts) != self.num_directions or any(len(a) != n for a in acts):
-            raise ValueError(f"activations: expected {self.num_directions} list(s) (one per direction) of {n} "
-                             f"functions, got {activations!r}")
+            raise ValueError(
+                f"activations: expected {self.num_directions} list(s) (one per direction) of {n} "
+                f"functions, got {activations!r}"
+            )
         return [self._parse_act_list(a) for a in acts]
 
     # ---- architecture -------------------------------------------------------------------------------
     def config(self) -> dict:
-        cfg = {"type": type(self).__name__, "input_size": self.input_size, "hidden_size": self.hidden_size,
-               "num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first,
-               "dropout": self.dropout, "bidirectional": self.bidirectional}
+        cfg = {
+            "type": type(self).__name__,
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "batch_first": self.batch_first,
+            "dropout": self.dropout,
+            "bidirectional": self.bidirectional,
+        }
         cfg.update(self._extra_config())
         if self.activations is not None:
             inv = {v: k for k, v in _ONNX_ACTS.items()}
@@ -303,8 +340,10 @@ class RNNBase:
         x = as_float32(x, "x")
         unbatched = x.ndim == 2
         if x.ndim not in (2, 3):
-            raise ShapeError(f"x: expected 3-D (T, B, {self.input_size}) or (B, T, {self.input_size}) when "
-                             f"batch_first, or unbatched 2-D (T, {self.input_size}); got shape {x.shape}")
+            raise ShapeError(
+                f"x: expected 3-D (T, B, {self.input_size}) or (B, T, {self.input_size}) when "
+                f"batch_first, or unbatched 2-D (T, {self.input_size}); got shape {x.shape}"
+            )
         if x.shape[-1] != self.input_size:
             raise ShapeError(f"x: expected last dimension input_size={self.input_size}, got shape {x.shape}")
         if unbatched:
@@ -359,15 +398,26 @@ def _to_numpy(v: Any) -> Any:
 class RNN(RNNBase):
     """Elman RNN: h' = nonlinearity(W_ih x + b_ih + W_hh h + b_hh), nonlinearity "tanh" or "relu"."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, seed: Optional[int] = None, **ext) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        seed: int | None = None,
+        **ext,
+    ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         seed=seed, **ext)
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, seed=seed, **ext
+        )
 
     def _extra_config(self) -> dict:
         return {"nonlinearity": self.nonlinearity}
@@ -378,11 +428,31 @@ class LSTM(RNNBase):
 
     mode = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, seed: Optional[int] = None, **ext) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size=proj_size, seed=seed, **ext)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        seed: int | None = None,
+        **ext,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size=proj_size,
+            seed=seed,
+            **ext,
+        )
 
     def _extra_config(self) -> dict:
         return {"proj_size": self.proj_size}
@@ -394,11 +464,31 @@ class GRU(RNNBase):
 
     mode = "GRU"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 reset_after: bool = True, seed: Optional[int] = None, **ext) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         seed=seed, reset_after=reset_after, **ext)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        reset_after: bool = True,
+        seed: int | None = None,
+        **ext,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            seed=seed,
+            reset_after=reset_after,
+            **ext,
+        )
 
     def _extra_config(self) -> dict:
         return {"reset_after": self.reset_after}

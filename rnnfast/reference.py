@@ -95,8 +95,7 @@ def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     return (1.0 - z) * n + z * h
 
 
-def onnx_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, acts, clip=None, peep=None, input_forget=False,
-              reset_after=True):
+def onnx_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, acts, clip=None, peep=None, input_forget=False, reset_after=True):
     """One step with ONNX's extensions, in canonical gate order (see the ONNX RNN/LSTM/GRU operators).
 
     acts: the functions f (gates), g (candidate), h (LSTM output); clip: |pre-activation| <= clip;
@@ -215,8 +214,21 @@ def recurrent(
                     xt = layer_in[t, b : b + 1]
                     if ext:
                         acts = [onnx_act(a) for a in activations[d]]
-                        h, c = onnx_cell("LSTM" if mode == "LSTM" else mode[:3], xt, h, c, w_ih, w_hh, b_ih,
-                                         b_hh, acts, clip, p.get(f"weight_peep_{sfx}"), input_forget, reset_after)
+                        h, c = onnx_cell(
+                            "LSTM" if mode == "LSTM" else mode[:3],
+                            xt,
+                            h,
+                            c,
+                            w_ih,
+                            w_hh,
+                            b_ih,
+                            b_hh,
+                            acts,
+                            clip,
+                            p.get(f"weight_peep_{sfx}"),
+                            input_forget,
+                            reset_after,
+                        )
                     elif mode == "LSTM":
                         h, c = lstm_cell(xt, h, c, w_ih, w_hh, b_ih, b_hh, p.get(f"weight_hr_{sfx}"))
                     elif mode == "GRU":

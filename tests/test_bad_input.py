@@ -12,18 +12,22 @@ def lstm():
     return rnnfast.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0)
 
 
-@pytest.mark.parametrize("x,match", [
-    (np.zeros((2, 3), np.float32)[None, None], "expected 3-D"),  # 4-D
-    (np.zeros(3, np.float32), "expected 3-D"),
-    (np.zeros((5, 2, 4), np.float32), "input_size=3"),
-])
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (np.zeros((2, 3), np.float32)[None, None], "expected 3-D"),  # 4-D
+        (np.zeros(3, np.float32), "expected 3-D"),
+        (np.zeros((5, 2, 4), np.float32), "input_size=3"),
+    ],
+)
 def test_wrong_rank_or_feature_size(lstm, x, match):
     with pytest.raises(ShapeError, match=match):
         lstm(x)
 
 
-@pytest.mark.parametrize("x", [np.array([["a", "b", "c"]]), np.zeros((2, 1, 3), dtype=complex),
-                               np.array([[[object()] * 3]]), [[1, 2], [3]]])
+@pytest.mark.parametrize(
+    "x", [np.array([["a", "b", "c"]]), np.zeros((2, 1, 3), dtype=complex), np.array([[[object()] * 3]]), [[1, 2], [3]]]
+)
 def test_dtype_that_cannot_be_cast(lstm, x):
     with pytest.raises(DTypeError):
         lstm(x)
@@ -31,24 +35,30 @@ def test_dtype_that_cannot_be_cast(lstm, x):
         lstm(x)
 
 
-@pytest.mark.parametrize("hx,match", [
-    ((np.zeros((4, 2, 4)), np.zeros((4, 3, 4))), "c0: expected shape"),
-    ((np.zeros((2, 2, 4)), np.zeros((4, 2, 4))), "h0: expected shape"),
-    (np.zeros((4, 2, 4)), "tuple"),
-])
+@pytest.mark.parametrize(
+    "hx,match",
+    [
+        ((np.zeros((4, 2, 4)), np.zeros((4, 3, 4))), "c0: expected shape"),
+        ((np.zeros((2, 2, 4)), np.zeros((4, 2, 4))), "h0: expected shape"),
+        (np.zeros((4, 2, 4)), "tuple"),
+    ],
+)
 def test_mismatched_state_shapes(lstm, hx, match):
     with pytest.raises(ShapeError, match=match):
         lstm(np.zeros((5, 2, 3)), hx)
 
 
-@pytest.mark.parametrize("lengths,err,match", [
-    ([5, 6], ShapeError, r"lengths\[1\]: expected in \[0, 5\]"),
-    ([-1, 2], ShapeError, r"lengths\[0\]"),
-    ([1, 2, 3], ShapeError, r"expected shape \(2,\)"),
-    ([[1, 2]], ShapeError, "expected shape"),
-    ([1.5, 2], DTypeError, "integers"),
-    (["a", "b"], DTypeError, "integers"),
-])
+@pytest.mark.parametrize(
+    "lengths,err,match",
+    [
+        ([5, 6], ShapeError, r"lengths\[1\]: expected in \[0, 5\]"),
+        ([-1, 2], ShapeError, r"lengths\[0\]"),
+        ([1, 2, 3], ShapeError, r"expected shape \(2,\)"),
+        ([[1, 2]], ShapeError, "expected shape"),
+        ([1.5, 2], DTypeError, "integers"),
+        (["a", "b"], DTypeError, "integers"),
+    ],
+)
 def test_bad_lengths(lstm, lengths, err, match):
     with pytest.raises(err, match=match):
         lstm(np.zeros((5, 2, 3)), lengths=lengths)
@@ -69,8 +79,12 @@ def test_state_dict_problems_are_listed_together(lstm):
     with pytest.raises(StateDictError) as info:
         lstm.load_state_dict(sd)
     msg = str(info.value)
-    for part in ("missing: weight_ih_l0, bias_hh_l1_reverse", "unexpected: extra",
-                 "weight_hh_l1: expected shape (16, 4), got (3, 3)", "bias_ih_l0: expected a real dtype"):
+    for part in (
+        "missing: weight_ih_l0, bias_hh_l1_reverse",
+        "unexpected: extra",
+        "weight_hh_l1: expected shape (16, 4), got (3, 3)",
+        "bias_ih_l0: expected a real dtype",
+    ):
         assert part in msg, msg
     lstm.load_state_dict({k: v for k, v in lstm.state_dict().items()})  # still usable afterwards
 
@@ -89,10 +103,16 @@ def test_non_finite_weights_are_allowed_and_flow(rng):
     assert np.isnan(out).any()
 
 
-@pytest.mark.parametrize("kwargs", [dict(input_size=0, hidden_size=3), dict(input_size=2, hidden_size=-1),
-                                    dict(input_size=2, hidden_size=3, num_layers=0),
-                                    dict(input_size=2, hidden_size=3, dropout=2.0),
-                                    dict(input_size=2.5, hidden_size=3)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(input_size=0, hidden_size=3),
+        dict(input_size=2, hidden_size=-1),
+        dict(input_size=2, hidden_size=3, num_layers=0),
+        dict(input_size=2, hidden_size=3, dropout=2.0),
+        dict(input_size=2.5, hidden_size=3),
+    ],
+)
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(ValueError):
         rnnfast.GRU(**kwargs)

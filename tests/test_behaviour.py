@@ -47,11 +47,13 @@ def test_gru_reset_before_follows_its_written_equations(rng):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "gru_rb", "lstm_proj"])
 @pytest.mark.parametrize("B", [1, 3])
 def test_streaming_chunks_equal_whole_sequence(kind, B, rng):
-    make = {"lstm": lambda: rnnfast.LSTM(5, 40, num_layers=2, seed=1),
-            "lstm_proj": lambda: rnnfast.LSTM(5, 40, num_layers=2, proj_size=7, seed=1),
-            "gru": lambda: rnnfast.GRU(5, 40, num_layers=2, seed=1),
-            "gru_rb": lambda: rnnfast.GRU(5, 40, num_layers=2, reset_after=False, seed=1),
-            "rnn": lambda: rnnfast.RNN(5, 40, num_layers=2, seed=1)}
+    make = {
+        "lstm": lambda: rnnfast.LSTM(5, 40, num_layers=2, seed=1),
+        "lstm_proj": lambda: rnnfast.LSTM(5, 40, num_layers=2, proj_size=7, seed=1),
+        "gru": lambda: rnnfast.GRU(5, 40, num_layers=2, seed=1),
+        "gru_rb": lambda: rnnfast.GRU(5, 40, num_layers=2, reset_after=False, seed=1),
+        "rnn": lambda: rnnfast.RNN(5, 40, num_layers=2, seed=1),
+    }
     layer = make[kind]()
     x = rng.standard_normal((12, B, 5)).astype(np.float32)
     whole_out, whole_state = layer(x)
@@ -60,15 +62,19 @@ def test_streaming_chunks_equal_whole_sequence(kind, B, rng):
         o, state = layer(x[a:b], state)
         outs.append(o)
     np.testing.assert_allclose(np.concatenate(outs), whole_out, rtol=1e-6, atol=1e-6)
-    for s, w in zip(state if isinstance(state, tuple) else (state,),
-                    whole_state if isinstance(whole_state, tuple) else (whole_state,)):
+    for s, w in zip(
+        state if isinstance(state, tuple) else (state,),
+        whole_state if isinstance(whole_state, tuple) else (whole_state,),
+    ):
         np.testing.assert_allclose(s, w, rtol=1e-6, atol=1e-6)
 
 
 def test_eight_threads_share_one_layer(rng):
     layer = rnnfast.LSTM(16, 64, num_layers=2, bidirectional=True, seed=7)
-    inputs = [rng.standard_normal((int(rng.integers(1, 20)), int(rng.integers(1, 5)), 16)).astype(np.float32)
-              for _ in range(48)]
+    inputs = [
+        rng.standard_normal((int(rng.integers(1, 20)), int(rng.integers(1, 5)), 16)).astype(np.float32)
+        for _ in range(48)
+    ]
     serial = [layer(x) for x in inputs]
     results = [None] * len(inputs)
     errors = []
@@ -152,18 +158,24 @@ def test_seeded_init_is_reproducible_and_uniform():
         np.testing.assert_array_equal(v, b.state_dict()[k])
         assert np.abs(v).max() <= 0.1 + 1e-7  # 1/sqrt(100)
         assert np.abs(v).max() > 0.09
-    assert not np.array_equal(a.state_dict()["weight_ih_l0"], rnnfast.LSTM(8, 100, seed=43).state_dict()["weight_ih_l0"])
+    other = rnnfast.LSTM(8, 100, seed=43).state_dict()["weight_ih_l0"]
+    assert not np.array_equal(a.state_dict()["weight_ih_l0"], other)
 
 
 def test_config_round_trip():
-    for layer in (rnnfast.LSTM(3, 8, 2, bidirectional=True, proj_size=4, batch_first=True),
-                  rnnfast.GRU(3, 5, reset_after=False), rnnfast.RNN(2, 3, nonlinearity="relu", bias=False)):
+    for layer in (
+        rnnfast.LSTM(3, 8, 2, bidirectional=True, proj_size=4, batch_first=True),
+        rnnfast.GRU(3, 5, reset_after=False),
+        rnnfast.RNN(2, 3, nonlinearity="relu", bias=False),
+    ):
         again = rnnfast.layer_from_config(layer.config())
         assert again.config() == layer.config()
         assert repr(again) == repr(layer)
 
 
 def test_import_needs_no_framework():
-    code = ("import sys, rnnfast; bad = [m for m in ('torch', 'onnx', 'onnxruntime', 'keras', 'h5py', "
-            "'tensorflow') if m in sys.modules]; print(bad); assert not bad, bad")
+    code = (
+        "import sys, rnnfast; bad = [m for m in ('torch', 'onnx', 'onnxruntime', 'keras', 'h5py', "
+        "'tensorflow') if m in sys.modules]; print(bad); assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

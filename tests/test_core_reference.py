@@ -26,8 +26,9 @@ def run_both(cell, num_layers, bidirectional, batch_first, lengths, H, T, B=4, I
     mode, cls, kw = CELLS[cell]
     if kw.get("proj_size", 0) >= H:
         kw = {**kw, "proj_size": max(H - 1, 0)} if H > 1 else {}
-    layer = cls(I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias,
-                seed=seed, **kw)
+    layer = cls(
+        I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias, seed=seed, **kw
+    )
     rng = np.random.default_rng(seed + 1)
     shape = (B, T, I) if batch_first else (T, B, I)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -40,11 +41,18 @@ def run_both(cell, num_layers, bidirectional, batch_first, lengths, H, T, B=4, I
     out, state = layer(x, hx, lengths=lengths)
     h_n, c_n = state if mode == "LSTM" else (state, None)
     ref_out, ref_h, ref_c = R.recurrent(
-        mode, x, layer.state_dict(), num_layers, bidirectional,
+        mode,
+        x,
+        layer.state_dict(),
+        num_layers,
+        bidirectional,
         h0=None if hx is None else (hx[0] if mode == "LSTM" else hx),
         c0=hx[1] if (hx is not None and mode == "LSTM") else None,
-        lengths=lengths, reset_after=kw.get("reset_after", True), proj_size=kw.get("proj_size", 0),
-        batch_first=batch_first)
+        lengths=lengths,
+        reset_after=kw.get("reset_after", True),
+        proj_size=kw.get("proj_size", 0),
+        batch_first=batch_first,
+    )
     assert_close(out, ref_out, what="out")
     assert_close(h_n, ref_h, what="h_n")
     if mode == "LSTM":
@@ -110,8 +118,9 @@ def test_threads_give_identical_results(n_threads):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("B,bidirectional", [(1, False), (1, True), (2, False), (3, True), (5, False), (9, True),
-                                             (33, False)])
+@pytest.mark.parametrize(
+    "B,bidirectional", [(1, False), (1, True), (2, False), (3, True), (5, False), (9, True), (33, False)]
+)
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_fast_path_work_splits(cell, B, bidirectional, n_threads):
     """Each split of the fast kernel's team: by rows (large B, no sync), by hidden units (small B, one

@@ -10,11 +10,27 @@ from rnnfast import reference as R
 
 from conftest import assert_close
 
-ACTS = [("Relu", None, None), ("Tanh", None, None), ("Sigmoid", None, None), ("Affine", 0.7, -0.2),
-        ("LeakyRelu", 0.05, None), ("ThresholdedRelu", 0.3, None), ("ScaledTanh", 1.3, 0.6),
-        ("HardSigmoid", 0.25, 0.45), ("Elu", 0.9, None), ("Softsign", None, None), ("Softplus", None, None)]
-DEFAULTS = {"leakyrelu": (0.01, 0.0), "thresholdedrelu": (1.0, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0),
-            "affine": (1.0, 0.0), "scaledtanh": (1.0, 1.0)}
+ACTS = [
+    ("Relu", None, None),
+    ("Tanh", None, None),
+    ("Sigmoid", None, None),
+    ("Affine", 0.7, -0.2),
+    ("LeakyRelu", 0.05, None),
+    ("ThresholdedRelu", 0.3, None),
+    ("ScaledTanh", 1.3, 0.6),
+    ("HardSigmoid", 0.25, 0.45),
+    ("Elu", 0.9, None),
+    ("Softsign", None, None),
+    ("Softplus", None, None),
+]
+DEFAULTS = {
+    "leakyrelu": (0.01, 0.0),
+    "thresholdedrelu": (1.0, 0.0),
+    "hardsigmoid": (0.2, 0.5),
+    "elu": (1.0, 0.0),
+    "affine": (1.0, 0.0),
+    "scaledtanh": (1.0, 1.0),
+}
 
 
 def ref_spec(a):
@@ -23,11 +39,19 @@ def ref_spec(a):
     return (name, da if alpha is None else alpha, db if beta is None else beta)
 
 
-def check(cls, mode, n_acts, acts_per_dir, bidirectional, lengths, clip=None, input_forget=False, peep=False,
-          **kw):
+def check(cls, mode, n_acts, acts_per_dir, bidirectional, lengths, clip=None, input_forget=False, peep=False, **kw):
     D = 2 if bidirectional else 1
-    layer = cls(3, 7, num_layers=2, bidirectional=bidirectional, activations=acts_per_dir, clip=clip,
-                input_forget=input_forget, seed=4, **kw)
+    layer = cls(
+        3,
+        7,
+        num_layers=2,
+        bidirectional=bidirectional,
+        activations=acts_per_dir,
+        clip=clip,
+        input_forget=input_forget,
+        seed=4,
+        **kw,
+    )
     rng = np.random.default_rng(5)
     if peep:
         sd = layer.state_dict()
@@ -42,8 +66,18 @@ def check(cls, mode, n_acts, acts_per_dir, bidirectional, lengths, clip=None, in
     params = layer.state_dict()
     if peep:
         params.update({k: v for k, v in sd.items() if "peep" in k})
-    ref_out, ref_h, ref_c = R.recurrent(mode, x, params, 2, bidirectional, lengths=lengths, activations=acts,
-                                        clip=clip, input_forget=input_forget, reset_after=kw.get("reset_after", True))
+    ref_out, ref_h, ref_c = R.recurrent(
+        mode,
+        x,
+        params,
+        2,
+        bidirectional,
+        lengths=lengths,
+        activations=acts,
+        clip=clip,
+        input_forget=input_forget,
+        reset_after=kw.get("reset_after", True),
+    )
     assert_close(out, ref_out, what="out")
     assert_close(h_n, ref_h, what="h_n")
     if mode == "LSTM":
@@ -56,11 +90,24 @@ def test_each_activation(cell, act):
     if cell == "rnn":
         check(rnnfast.RNN, "RNN_TANH", 1, [[act], [act]], True, [5, 2, 0])
     elif cell.startswith("gru"):
-        check(rnnfast.GRU, "GRU", 2, [[act, ("Tanh", None, None)], [("Sigmoid", None, None), act]], True, [5, 2, 0],
-              reset_after=cell == "gru")
+        check(
+            rnnfast.GRU,
+            "GRU",
+            2,
+            [[act, ("Tanh", None, None)], [("Sigmoid", None, None), act]],
+            True,
+            [5, 2, 0],
+            reset_after=cell == "gru",
+        )
     else:
-        check(rnnfast.LSTM, "LSTM", 3, [[act, ("Tanh", None, None), act],
-                                        [("Sigmoid", None, None), act, ("Tanh", None, None)]], True, [5, 2, 0])
+        check(
+            rnnfast.LSTM,
+            "LSTM",
+            3,
+            [[act, ("Tanh", None, None), act], [("Sigmoid", None, None), act, ("Tanh", None, None)]],
+            True,
+            [5, 2, 0],
+        )
 
 
 @pytest.mark.parametrize("bidirectional,lengths", list(itertools.product((False, True), (None, [3, 5, 1]))))

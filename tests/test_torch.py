@@ -31,8 +31,9 @@ def torch_run(module, x, hx, lengths, batch_first):
             out, state = module(xt, hx)
             out = out.numpy()
         else:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.tensor(lengths), batch_first=batch_first,
-                                                             enforce_sorted=False)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                xt, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False
+            )
             out, state = module(packed, hx)
             T = x.shape[1] if batch_first else x.shape[0]
             out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
@@ -53,12 +54,15 @@ def make_inputs(module, T, B, batch_first, rng):
     return x, h0
 
 
-@pytest.mark.parametrize("kind,num_layers,bidirectional,batch_first,lengths",
-                         list(itertools.product(KINDS, (1, 3), (False, True), (False, True), (None, [4, 7, 1]))))
+@pytest.mark.parametrize(
+    "kind,num_layers,bidirectional,batch_first,lengths",
+    list(itertools.product(KINDS, (1, 3), (False, True), (False, True), (None, [4, 7, 1]))),
+)
 def test_from_torch_matches_torch(kind, num_layers, bidirectional, batch_first, lengths, rng):
     torch.manual_seed(0)
-    module = KINDS[kind](input_size=6, hidden_size=11, num_layers=num_layers, bidirectional=bidirectional,
-                         batch_first=batch_first).eval()
+    module = KINDS[kind](
+        input_size=6, hidden_size=11, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first
+    ).eval()
     x, hx = make_inputs(module, 7, 3, batch_first, rng)
     ref_out, ref_state = torch_run(module, x, hx, lengths, batch_first)
     layer = rnnfast.from_torch(module)
@@ -81,9 +85,17 @@ def test_reference_matches_torch(kind, rng):
     ref_out, ref_state = torch_run(module, x, hx, lengths, False)
     params = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     mode = {"rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}.get(kind, type(module).__name__)
-    out, h_n, c_n = R.recurrent(mode, x, params, 2, True, h0=hx[0] if isinstance(hx, tuple) else hx,
-                                c0=hx[1] if isinstance(hx, tuple) else None, lengths=lengths,
-                                proj_size=getattr(module, "proj_size", 0))
+    out, h_n, c_n = R.recurrent(
+        mode,
+        x,
+        params,
+        2,
+        True,
+        h0=hx[0] if isinstance(hx, tuple) else hx,
+        c0=hx[1] if isinstance(hx, tuple) else None,
+        lengths=lengths,
+        proj_size=getattr(module, "proj_size", 0),
+    )
     assert_close(out, ref_out, rtol=1e-5, atol=1e-6, what="reference out vs torch")
     assert_close(h_n, ref_state[0] if isinstance(ref_state, tuple) else ref_state, rtol=1e-5, atol=1e-6)
     if c_n is not None:
@@ -94,8 +106,13 @@ def test_reference_matches_torch(kind, rng):
 def test_load_state_dict_and_state_dict_round_trip(kind, rng):
     torch.manual_seed(2)
     module = KINDS[kind](input_size=5, hidden_size=9, num_layers=2, bidirectional=True).eval()
-    cls = {"rnn_tanh": rnnfast.RNN, "rnn_relu": rnnfast.RNN, "lstm": rnnfast.LSTM, "lstm_proj": rnnfast.LSTM,
-           "gru": rnnfast.GRU}[kind]
+    cls = {
+        "rnn_tanh": rnnfast.RNN,
+        "rnn_relu": rnnfast.RNN,
+        "lstm": rnnfast.LSTM,
+        "lstm_proj": rnnfast.LSTM,
+        "gru": rnnfast.GRU,
+    }[kind]
     kw = {"nonlinearity": "relu"} if kind == "rnn_relu" else {"proj_size": 5} if kind == "lstm_proj" else {}
     layer = cls(5, 9, num_layers=2, bidirectional=True, **kw)
     layer.load_state_dict(module.state_dict())  # torch tensors accepted directly

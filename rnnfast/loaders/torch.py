@@ -12,9 +12,15 @@ from ..layers import GRU, LSTM, RNN, _to_numpy
 def from_torch_rnn(module: Any):
     """torch.nn.RNN / LSTM / GRU -> the equivalent rnnfast layer with the same weights."""
     kind = type(module).__name__
-    common = dict(input_size=module.input_size, hidden_size=module.hidden_size, num_layers=module.num_layers,
-                  bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
-                  bidirectional=module.bidirectional)
+    common = dict(
+        input_size=module.input_size,
+        hidden_size=module.hidden_size,
+        num_layers=module.num_layers,
+        bias=module.bias,
+        batch_first=module.batch_first,
+        dropout=module.dropout,
+        bidirectional=module.bidirectional,
+    )
     if kind == "LSTM":
         layer = LSTM(proj_size=getattr(module, "proj_size", 0), **common)
     elif kind == "GRU":
