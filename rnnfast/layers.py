@@ -379,6 +379,11 @@ class RNNBase:
 
     forward = __call__
 
+    def __reduce__(self):
+        from .loaders.native import reduce_model
+
+        return reduce_model(self)
+
     @staticmethod
     def _state(a: Any, name: str, shape: tuple, unbatched: bool) -> np.ndarray:
         arr = as_float32(a, name)

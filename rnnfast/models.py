@@ -110,6 +110,11 @@ class Layer:
 
     _params: dict[str, np.ndarray]
 
+
+    def __reduce__(self):
+        from .loaders.native import reduce_model
+
+        return reduce_model(self)
     def state_dict(self) -> dict[str, np.ndarray]:
         """A copy of the parameters, PyTorch names."""
         return {k: v.copy() for k, v in self._params.items()}
@@ -367,6 +372,11 @@ class Reversed:
     Returns what the inner layer returns: ``(out, h_n)`` or ``(out, (h_n, c_n))``.
     """
 
+
+    def __reduce__(self):
+        from .loaders.native import reduce_model
+
+        return reduce_model(self)
     def __init__(self, layer: Any, realign: bool = True) -> None:
         cfg = layer.config()
         if cfg.get("type") not in RECURRENT_TYPES:
@@ -449,6 +459,11 @@ class Sequential:
     valid step's output (``"carry"``, Keras' default for a unidirectional layer).
     """
 
+
+    def __reduce__(self):
+        from .loaders.native import reduce_model
+
+        return reduce_model(self)
     def __init__(self, *layers: Any, many_to_one: bool | str = False, masked_output: str = "zero") -> None:
         if len(layers) == 1 and isinstance(layers[0], Mapping):
             items = list(layers[0].items())

@@ -179,3 +179,16 @@ def test_import_needs_no_framework():
         "'tensorflow') if m in sys.modules]; print(bad); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_layers_pickle_through_the_native_format(rng):
+    import copy
+    import pickle
+
+    layer = rnnfast.LSTM(3, 5, num_layers=2, bidirectional=True, seed=3)
+    data = pickle.dumps(layer)
+    assert b"RNNPlan" not in data  # only the native bytes travel, no C object
+    again = pickle.loads(data)
+    x = rng.standard_normal((4, 2, 3))
+    np.testing.assert_array_equal(again(x)[0], layer(x)[0])
+    np.testing.assert_array_equal(copy.deepcopy(layer)(x)[0], layer(x)[0])

@@ -129,6 +129,36 @@ def save(model: Any, path: str | os.PathLike) -> None:
     write_safetensors(path, model.state_dict(), meta)
 
 
+def dumps(model: Any) -> bytes:
+    """The native file of ``model`` (what :func:`save` writes) as bytes."""
+    if not callable(getattr(model, "config", None)) or not callable(getattr(model, "state_dict", None)):
+        raise errors.UnsupportedError(
+            f"model: expected an rnnfast model with config() and state_dict() (it is written in the native "
+            f"safetensors format), got {type(model).__name__}"
+        )
+    with tempfile.TemporaryDirectory(prefix="rnnfast-") as d:
+        path = os.path.join(d, "model.safetensors")
+        save(model, path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def loads(data: bytes) -> Any:
+    """Inverse of :func:`dumps`, with every check of :func:`load` (nothing in the bytes is executed)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise errors.DTypeError(f"data: expected bytes, got {type(data).__name__}")
+    with tempfile.TemporaryDirectory(prefix="rnnfast-") as d:
+        path = os.path.join(d, "model.safetensors")
+        with open(path, "wb") as f:
+            f.write(data)
+        return load(path)
+
+
+def reduce_model(model: Any) -> tuple:
+    """``__reduce__`` of rnnfast layers and models: they pickle as their native bytes, never as objects."""
+    return (loads, (dumps(model),))
+
+
 # --------------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------------
