@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_, add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv)  # prints help / errors for unknown commands
+        parser.parse_args(argv)  # --help, and errors for unknown commands, exit here
         parser.print_help()
         return 2
     name = argv[0]
