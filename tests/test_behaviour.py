@@ -192,3 +192,25 @@ def test_layers_pickle_through_the_native_format(rng):
     x = rng.standard_normal((4, 2, 3))
     np.testing.assert_array_equal(again(x)[0], layer(x)[0])
     np.testing.assert_array_equal(copy.deepcopy(layer)(x)[0], layer(x)[0])
+
+
+FORK_SCRIPT = """
+import os, sys, numpy as np, rnnfast
+rnnfast.set_num_threads(2)
+m = rnnfast.LSTM(256, 256, seed=0)
+x = np.random.default_rng(0).standard_normal((50, 1, 256)).astype(np.float32)
+ref = m(x)[0]                      # the parent has started an OpenMP team
+pid = os.fork()
+if pid == 0:
+    ok = np.array_equal(m(x)[0], ref) and rnnfast.get_num_threads() == 1
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_computes_instead_of_hanging():
+    """GNU OpenMP's pool does not survive fork(): the child must run single-threaded, not wait forever."""
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
