@@ -7,7 +7,7 @@
 ((5, 2, 16), (1, 2, 16))
 """
 
-from . import errors
+from . import errors, train
 from ._threads import get_num_threads, set_num_threads
 from .errors import RnnfastError
 from .layers import GRU, LSTM, RNN, layer_from_config
@@ -26,6 +26,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "errors",
+    "train",
     "RnnfastError",
     "__version__",
     "load",

@@ -1,4 +1,4 @@
-"""The ``rnnfast info``, ``rnnfast convert`` and ``rnnfast run`` sub-commands (``generate``: see below).
+"""The ``rnnfast info``, ``rnnfast convert``, ``rnnfast run`` and ``rnnfast generate`` sub-commands.
 
 Exit codes: 0 success; 1 the model or data could not be used (the message on stderr names the file and
 the problem); 2 usage errors (argparse) and unavailable commands.
@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--architecture", metavar="PATH", help=arch_help)
     elif name == "generate":
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        from . import train
+
+        train.add_generate_arguments(parser)
     else:  # pragma: no cover - cli.py only dispatches the names above
         raise ValueError(f"unknown command {name!r}")
 
@@ -67,11 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     command = getattr(args, "command", None)
     if command == "generate":
-        print(
-            "rnnfast generate: not available in this build (the character-level model is not installed)",
-            file=sys.stderr,
-        )
-        return 2
+        from . import train
+
+        return train.run_generate(args)
     handler = {"info": _info, "convert": _convert, "run": _run}.get(command)
     if handler is None:
         print(f"rnnfast: unknown command {command!r}", file=sys.stderr)

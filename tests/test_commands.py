@@ -325,8 +325,18 @@ def test_usage_errors_and_generate(capsys):
     with pytest.raises(SystemExit) as ei:
         main(["run", "m.safetensors"])  # --input/--output missing: argparse exits 2
     assert ei.value.code == 2
-    assert main(["generate"]) == 2
-    assert "not available" in capsys.readouterr().err
+    capsys.readouterr()
+
+
+def test_generate_with_the_shipped_character_model(capsys, tmp_path):
+    argv = ["generate", "--prompt", "The ", "--n-chars", "40", "--seed", "7"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("The ") and len(first.rstrip("\n")) == 44
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first  # a seed makes it reproducible
+    assert main(["generate", "--model", str(tmp_path / "missing.safetensors")]) == 1
+    assert "missing.safetensors" in capsys.readouterr().err
 
 
 def test_console_entry_point_in_subprocess(native_model, tokens, tmp_path):

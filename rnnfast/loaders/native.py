@@ -99,6 +99,10 @@ def write_safetensors(
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".rnnfast-", suffix=".tmp", dir=directory)
     try:
+        # mkstemp creates the file 0600; a saved model gets the permissions of an ordinary new file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(hbytes)))
             f.write(hbytes)
