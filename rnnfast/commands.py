@@ -136,9 +136,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"model:      {model_line}")
     if d["model"] == "OnnxGraph":
         for i in d["inputs"]:
-            print(
-                f"input:      {i['name']} {i['dtype']} {tuple('?' if not isinstance(s, int) else s for s in i['shape'] or [])}"
-            )
+            shape = tuple(s if isinstance(s, int) else "?" for s in i["shape"] or [])
+            print(f"input:      {i['name']} {i['dtype']} {shape}")
         print(f"outputs:    {', '.join(d['outputs'])}")
         print(f"ops:        {', '.join(f'{k} x{v}' for k, v in d['ops'].items())}")
     print("layers:")
