@@ -19,9 +19,14 @@
  *            threads exchange h through a ping-pong buffer, one barrier per step (two for the original
  *            GRU, whose n gate needs all of r*h);
  *   - dirs:  small B, bidirectional, nt >= 2: one direction per thread, no synchronisation.
+ * The per-step barrier is the module's own (spin briefly, then yield the core): on a busy machine a
+ * thread waiting for a descheduled partner gives its core away instead of burning its time slice, which
+ * is what made OpenMP's barrier degrade by 100x under load.
  * Ping-pong: row i at step s reads h[s & 1][i] and writes h[(s + 1) & 1][i]; a row stops at its length,
  * so its final state is in h[len[i] & 1][i]. c is updated in place (one owner per element).
  */
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #ifdef _OPENMP
@@ -109,11 +114,40 @@ typedef struct {
     float *m;  /* (B, H) GRU reset-before r*h */
 } fdir;
 
+/* Sense-reversing barrier: the last thread to arrive flips the shared sense; the others wait for it,
+ * spinning ~ a microsecond and then yielding. Acquire/release ordering publishes the h written before it. */
+typedef struct {
+    atomic_int count;
+    atomic_int sense;
+    int n;
+} rf_barrier;
+
+static void rf_barrier_wait(rf_barrier *b, int *local_sense) {
+    const int s = !*local_sense;
+    *local_sense = s;
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->sense, s, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->sense, memory_order_acquire) != s; spins++) {
+        if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
 /* Which rows a thread runs: groups of 4 rows; with stride > 1, group q belongs to thread q % stride. */
 typedef struct {
     int g0, gstride; /* first group and stride between the thread's groups */
     int ub0, ub1;    /* unit blocks */
     int sync;        /* threads share rows: barrier after each step (phase) */
+    rf_barrier *bar; /* the team's barrier when sync */
+    int sense;       /* this thread's barrier sense */
 } fwork;
 
 static RF_INLINE int nact_at(const fdir *f, int s) {
@@ -227,7 +261,7 @@ static void f_step(const fdir *f, const fwork *wk, int s, int s0, int phase) {
     }
 }
 
-static void f_run(const fdir *f, const fwork *wk) {
+static void f_run(const fdir *f, fwork *wk) {
     const int gru_rb = f->d->cell == RF_CELL_GRU && !f->d->reset_after;
     const int steps = f->B > 0 ? f->len[0] : 0;
     for (int s0 = 0; s0 < steps; s0 += f->Tc) {
@@ -236,16 +270,12 @@ static void f_run(const fdir *f, const fwork *wk) {
         for (int s = s0; s < s1; s++) {
             if (gru_rb) {
                 f_step(f, wk, s, s0, 1);
-                if (wk->sync) {
-#pragma omp barrier
-                }
+                if (wk->sync) rf_barrier_wait(wk->bar, &wk->sense);
                 f_step(f, wk, s, s0, 2);
             } else {
                 f_step(f, wk, s, s0, 0);
             }
-            if (wk->sync) {
-#pragma omp barrier
-            }
+            if (wk->sync) rf_barrier_wait(wk->bar, &wk->sense);
         }
     }
 }
@@ -289,6 +319,10 @@ void rf_rnn_fast_layer(const rf_rnn_desc *d, const rf_fast_layer *L, int nt) {
                    L->perm, L->len, B, L->T, L->Tc, L->gx[dir], L->h[dir], L->c[dir], L->m[dir]};
         f[dir] = fd;
     }
+    rf_barrier bar;
+    atomic_init(&bar.count, 0);
+    atomic_init(&bar.sense, 0);
+    bar.n = 1;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         int tid = 0, nthr = 1;
@@ -296,16 +330,18 @@ void rf_rnn_fast_layer(const rf_rnn_desc *d, const rf_fast_layer *L, int nt) {
         tid = omp_get_thread_num();
         nthr = omp_get_num_threads();
 #endif
+#pragma omp single
+        bar.n = nthr; /* the team may be smaller than asked; the single's implicit barrier publishes it */
         if (mode == 2 && nthr == 2) {
-            fwork wk = {0, 1, 0, UB, 0};
+            fwork wk = {0, 1, 0, UB, 0, &bar, 0};
             f_run(&f[tid], &wk);
         } else {
             fwork wk;
             if (mode == 1 && nthr > 1) {
-                fwork u = {0, 1, UB * tid / nthr, UB * (tid + 1) / nthr, 1};
+                fwork u = {0, 1, UB * tid / nthr, UB * (tid + 1) / nthr, 1, &bar, 0};
                 wk = u;
             } else { /* rows (or a team of one) */
-                fwork r = {tid, nthr, 0, UB, 0};
+                fwork r = {tid, nthr, 0, UB, 0, &bar, 0};
                 wk = r;
             }
             for (int dir = 0; dir < D; dir++) f_run(&f[dir], &wk);
