@@ -120,4 +120,7 @@ rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf
 #ifdef __cplusplus
 }
 #endif
+
+#include "rf_attention.h" /* attention, multi-head attention, greedy decoding */
+
 #endif /* RNNFAST_H */

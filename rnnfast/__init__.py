@@ -7,13 +7,16 @@
 ((5, 2, 16), (1, 2, 16))
 """
 
-from . import errors, train
+from . import attention, errors, train
 from ._threads import get_num_threads, set_num_threads
 from .errors import RnnfastError
+from .attention import AdditiveAttention, DotAttention, GeneralAttention, MultiheadAttention, ScaledDotAttention
 from .layers import GRU, LSTM, RNN, layer_from_config
 from .loaders import load, onnx_layers, save
 from .loaders.torch import from_torch
 from .models import Embedding, Linear, LogSoftmax, ReLU, Reversed, Sequential, Sigmoid, Softmax, Tanh, model_from_config
+
+from .seq2seq import Seq2Seq
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,13 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "errors",
+    "attention",
+    "AdditiveAttention",
+    "DotAttention",
+    "GeneralAttention",
+    "MultiheadAttention",
+    "ScaledDotAttention",
+    "Seq2Seq",
     "train",
     "RnnfastError",
     "__version__",

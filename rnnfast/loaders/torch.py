@@ -38,6 +38,10 @@ def from_torch(module: Any, **kwargs: Any):
     torch_models, which takes the keyword options documented there)."""
     if type(module).__name__ in ("RNN", "LSTM", "GRU") and not kwargs:
         return from_torch_rnn(module)
+    if type(module).__name__ == "MultiheadAttention":
+        from ..attention import MultiheadAttention
+
+        return MultiheadAttention.from_torch(module, **kwargs)
     try:
         from . import torch_models
     except ImportError:
