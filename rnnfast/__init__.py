@@ -7,7 +7,7 @@
 ((5, 2, 16), (1, 2, 16))
 """
 
-from . import attention, errors, train
+from . import attention, attention_train, errors, train
 from ._threads import get_num_threads, set_num_threads
 from .errors import RnnfastError
 from .attention import AdditiveAttention, DotAttention, GeneralAttention, MultiheadAttention, ScaledDotAttention
