@@ -30,6 +30,7 @@ __all__ = [
     "get_num_threads",
     "errors",
     "attention",
+    "attention_train",
     "AdditiveAttention",
     "DotAttention",
     "GeneralAttention",
