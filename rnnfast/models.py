@@ -690,6 +690,15 @@ def model_from_config(cfg: Mapping[str, Any]) -> Any:
         return _SIMPLE[t]()
     if t == "Reversed":
         return Reversed(model_from_config(cfg.get("layer")), realign=bool(cfg.get("realign", True)))
+    if t == "Seq2Seq":
+        from .seq2seq import Seq2Seq
+
+        try:
+            return Seq2Seq.from_config(cfg)
+        except errors.RnnfastError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise errors.FormatError(f"invalid Seq2Seq config: {exc}") from exc
     if t == "Sequential":
         layers = cfg.get("layers")
         if not isinstance(layers, list) or not all(
@@ -745,6 +754,13 @@ def param_count_bound(cfg: Mapping[str, Any]) -> int:
         return 0
     if t == "Reversed":
         return param_count_bound(cfg.get("layer"))
+    if t == "Seq2Seq":
+        total = param_count_bound(cfg.get("encoder")) + param_count_bound(cfg.get("decoder"))
+        for shape in (cfg.get("arrays") or {}).values():
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise errors.FormatError("config of 'Seq2Seq': each array shape must be a list of sizes")
+            total += math.prod(shape)
+        return total  # the attention layer's few weights are not counted (like peepholes)
     if t == "Sequential":
         layers = cfg.get("layers")
         if not isinstance(layers, list):

@@ -45,7 +45,7 @@ from rnnfast.attention import (
     _lengths,
     _linear,
 )
-from rnnfast.errors import DTypeError, ShapeError, UnsupportedError
+from rnnfast.errors import DTypeError, FormatError, ShapeError, StateDictError, UnsupportedError
 
 __all__ = ["DecodeResult", "Seq2Seq"]
 
@@ -174,6 +174,107 @@ class Seq2Seq:
                 )
         self.vocab_size = self.out_weight.shape[0]
         self.feed_size = h_out
+
+    # ------------------------------------------------------------------------------------------------
+    # architecture and parameters (the native format; pickling; Dask)
+    # ------------------------------------------------------------------------------------------------
+    _ARRAYS = ("embedding", "out_weight", "out_bias", "combine_weight", "combine_bias", "src_embedding")
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able architecture; ``rnnfast.model_from_config`` rebuilds it (weights then by state_dict)."""
+        return {
+            "type": "Seq2Seq",
+            "encoder": self.encoder.config(),
+            "decoder": self.decoder.config(),
+            "attention": None if self.attention is None else self.attention.config(),
+            "attention_type": self.attention_type or "bahdanau",
+            "input_feeding": self.input_feeding,
+            "init_state": self.init_state,
+            "bidirectional_merge": self.bidirectional_merge,
+            "arrays": {n: list(getattr(self, n).shape) for n in self._ARRAYS if getattr(self, n) is not None},
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter: ``encoder.*``, ``decoder.*``, ``attention.*`` and the arrays."""
+        sd = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        sd.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        if self.attention is not None:
+            sd.update({f"attention.{k}": v for k, v in self.attention.state_dict().items()})
+        sd.update({n: getattr(self, n).copy() for n in self._ARRAYS if getattr(self, n) is not None})
+        return sd
+
+    def load_state_dict(self, state: Any, strict: bool = True) -> None:
+        if not hasattr(state, "items"):
+            raise StateDictError(f"state: expected a mapping of names to arrays, got {type(state).__name__}")
+        parts: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "attention": {}}
+        arrays, unexpected = {}, []
+        for k, v in state.items():
+            head, _, rest = str(k).partition(".")
+            if head in parts and rest and (head != "attention" or self.attention is not None):
+                parts[head][rest] = v
+            elif k in self._ARRAYS and getattr(self, k) is not None:
+                arrays[k] = v
+            else:
+                unexpected.append(k)
+        problems = []
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(map(str, unexpected)))
+        missing = [n for n in self._ARRAYS if getattr(self, n) is not None and n not in arrays]
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        new = {}
+        for n, v in arrays.items():
+            a = np.asarray(_np(v))
+            if a.dtype.kind not in "fiu" or a.shape != getattr(self, n).shape:
+                problems.append(f"{n}: expected shape {getattr(self, n).shape} of reals, got {a.shape} {a.dtype}")
+            else:
+                new[n] = np.ascontiguousarray(a, dtype=np.float32)
+        if problems:
+            raise StateDictError("Seq2Seq.load_state_dict: " + "; ".join(problems))
+        self.encoder.load_state_dict(parts["encoder"], strict)
+        self.decoder.load_state_dict(parts["decoder"], strict)
+        if self.attention is not None:
+            self.attention.load_state_dict(parts["attention"], strict)
+        for n, a in new.items():
+            setattr(self, n, a)
+
+    def __reduce__(self):
+        from .loaders.native import reduce_model
+
+        return reduce_model(self)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Seq2Seq:
+        """Build from ``config()`` with zero arrays and freshly initialised layers (load weights after)."""
+        from .attention import attention_from_config
+        from .models import model_from_config
+
+        arrays = cfg.get("arrays")
+        if not isinstance(arrays, dict) or not all(
+            isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            for v in arrays.values()
+        ):
+            raise FormatError(f"config of 'Seq2Seq': 'arrays' must map names to shapes, got {arrays!r}")
+        unknown = set(arrays) - set(cls._ARRAYS)
+        if unknown:
+            raise FormatError(f"config of 'Seq2Seq': unknown arrays {sorted(unknown)}")
+        z = {n: np.zeros(tuple(shape), np.float32) for n, shape in arrays.items()}
+        attn = cfg.get("attention")
+        return cls(
+            model_from_config(cfg.get("encoder")),
+            model_from_config(cfg.get("decoder")),
+            z.get("embedding"),
+            z.get("out_weight"),
+            z.get("out_bias"),
+            attention=None if attn is None else attention_from_config(attn),
+            attention_type=cfg.get("attention_type", "bahdanau"),
+            combine_weight=z.get("combine_weight"),
+            combine_bias=z.get("combine_bias"),
+            input_feeding=bool(cfg.get("input_feeding", False)),
+            src_embedding=z.get("src_embedding"),
+            init_state=cfg.get("init_state", "encoder"),
+            bidirectional_merge=cfg.get("bidirectional_merge", "concat"),
+        )
 
     # ------------------------------------------------------------------------------------------------
     # construction from torch

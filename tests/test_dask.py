@@ -201,10 +201,6 @@ def test_predict_sequences_tokens_with_a_decoder(rng):
     for i in range(len(seqs)):
         np.testing.assert_array_equal(arr[i, : len(got[i])], got[i])
         assert np.all(arr[i, len(got[i]) :] == -1)
-    # a Seq2Seq has no native format yet: it cannot be shipped to a cluster
-    if not callable(getattr(model, "config", None)):
-        with pytest.raises(errors.UnsupportedError, match="native"):
-            rd.predict(model, db.from_sequence(seqs), output="tokens")
 
 
 def test_bad_arguments(rng):
@@ -306,6 +302,28 @@ def test_cluster_bag_and_dataframe_keep_input_order(client, rng):
         output="sequence",
     ).compute()
     assert [len(v) for v in per_step] == list(lens)
+
+
+def test_cluster_decodes_seq2seq_tokens_in_input_order(client, rng):
+    """A Seq2Seq ships to the workers in the native format and decodes the same tokens there."""
+    seq2seq = pytest.importorskip("rnnfast.seq2seq")
+    V, E, H = 12, 5, 8
+    model = seq2seq.Seq2Seq(
+        rnnfast.GRU(E, H, batch_first=True, seed=0),
+        rnnfast.GRU(E + H, H, seed=1),
+        rng.standard_normal((V, E)).astype(np.float32),
+        rng.standard_normal((V, H)).astype(np.float32),
+        attention=rnnfast.DotAttention(),
+        src_embedding=rng.standard_normal((V, E)).astype(np.float32),
+    )
+    seqs = [rng.integers(0, V, n) for n in rng.integers(1, 9, 23)]
+    kw = {"max_len": 6, "start_token": 1, "end_token": 2}
+    got = rd.predict(model, db.from_sequence(seqs, npartitions=4), output="tokens", decode_kwargs=kw,
+                     batch_size=4).compute()
+    assert len(got) == len(seqs)
+    for i, s in enumerate(seqs):
+        r = model.greedy(s[None], [len(s)], **kw)
+        np.testing.assert_array_equal(got[i], r.tokens[0, : r.lengths[0]])
 
 
 def test_model_loaded_once_per_worker_and_threads(client, rng):

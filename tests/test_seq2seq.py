@@ -424,3 +424,4 @@ def test_empty_batch():
     for use_c in (True, False):
         r = model.greedy(src, np.zeros(0, np.int64), max_len=4, end_token=END, use_c=use_c)
         assert r.tokens.shape[0] == 0 and r.lengths.shape == (0,)
+
