@@ -10,6 +10,7 @@ import glob
 import os
 import sys
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -37,7 +38,7 @@ extensions = [
     Extension(
         "rnnfast." + os.path.splitext(os.path.basename(pyx))[0],
         sources=[pyx] + csrc,
-        include_dirs=["csrc"],
+        include_dirs=["csrc", numpy.get_include()],
         depends=headers,  # a header edit rebuilds every extension
         define_macros=macros,
         extra_compile_args=compile_args,

@@ -11,6 +11,10 @@ from libc.string cimport memset
 
 import numpy as np
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 from . import _blas
 from .errors import InternalError, OutOfMemoryError, ShapeError, UnsupportedError
 
@@ -107,28 +111,26 @@ cdef raise_status(rf_status st, const char *err):
 
 cdef const float *cptr(object a, Py_ssize_t n, str name) except? NULL:
     """Pointer to a C-contiguous float32 array of exactly n elements (None -> NULL)."""
-    cdef const float[::1] mv
+    cdef cnp.ndarray arr
     if a is None:
         return NULL
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.size != n:
+    if not isinstance(a, cnp.ndarray):
+        raise InternalError(f"{name}: expected a NumPy array, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or cnp.PyArray_SIZE(arr) != n):
         raise InternalError(f"{name}: expected C-contiguous float32 of {n} elements, got {a.dtype} "
                             f"{a.shape} contiguous={a.flags.c_contiguous}")
     if n == 0:
         return NULL
-    mv = a.reshape(-1)
-    return &mv[0]
+    return <const float *>cnp.PyArray_DATA(arr)
 
 
 cdef float *wptr(object a, Py_ssize_t n, str name) except? NULL:
-    cdef float[::1] mv
-    if a is None:
-        return NULL
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.size != n or not a.flags.writeable:
-        raise InternalError(f"{name}: expected writable C-contiguous float32 of {n} elements")
-    if n == 0:
-        return NULL
-    mv = a.reshape(-1)
-    return &mv[0]
+    """Like cptr, for an output: the array must also be writable."""
+    if a is not None and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray?>a):
+        raise InternalError(f"{name}: expected a writable array")
+    return <float *>cptr(a, n, name)
 
 
 cdef class RNNPlan:
@@ -215,7 +217,7 @@ cdef class RNNPlan:
         """All arrays allocated and validated by the caller. x: (T, B, I) or (B, T, I) float32."""
         cdef rf_rnn_io io
         cdef char err[256]
-        cdef const int32_t[::1] lv
+        cdef cnp.ndarray larr
         cdef Py_ssize_t T, B, LD = self.n_layers * self.n_dirs
         cdef size_t ws_size
         cdef void *ws
@@ -231,11 +233,12 @@ cdef class RNNPlan:
         io.batch_first = batch_first
         io.x = cptr(x, T * B * self.input_size, "x")
         if lengths is not None:
-            if lengths.dtype != np.int32 or lengths.shape != (B,) or not lengths.flags.c_contiguous:
+            larr = <cnp.ndarray?>lengths
+            if (cnp.PyArray_TYPE(larr) != cnp.NPY_INT32 or cnp.PyArray_NDIM(larr) != 1
+                    or cnp.PyArray_SIZE(larr) != B or not cnp.PyArray_IS_C_CONTIGUOUS(larr)):
                 raise InternalError("lengths must be int32 (B,)")
             if B > 0:
-                lv = lengths
-                io.lengths = &lv[0]
+                io.lengths = <const int32_t *>cnp.PyArray_DATA(larr)
         io.h0 = cptr(h0, LD * B * self.proj, "h0")
         io.c0 = cptr(c0, LD * B * self.hidden, "c0")
         io.out = wptr(out, T * B * self.n_dirs * self.proj, "out")

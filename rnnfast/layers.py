@@ -48,6 +48,8 @@ _DEFAULT_ACTS = {
 
 def as_float32(a: Any, name: str) -> np.ndarray:
     """Array-like -> C-contiguous float32, or DTypeError naming the argument."""
+    if type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous:
+        return a  # the common case, without a copy
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
@@ -390,7 +392,7 @@ class RNNBase:
         want = (shape[0], shape[2]) if unbatched else shape
         if arr.shape != want:
             raise ShapeError(f"{name}: expected shape {want} (layers*directions, batch, size), got {arr.shape}")
-        return arr.reshape(shape)
+        return arr.reshape(shape) if unbatched else arr
 
 
 def _to_numpy(v: Any) -> Any:
