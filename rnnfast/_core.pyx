@@ -201,7 +201,7 @@ cdef class RNNPlan:
             self.w[k].w_hr = cptr(wk.get("w_hr"), P * H, "w_hr")
             self.w[k].peep = cptr(wk.get("peep"), 3 * H, "peep")
             packed = None
-            if ext is None and proj_size == 0 and (cell != "GRU" or reset_after):
+            if ext is None and proj_size == 0:
                 # the batch-1 kernel's layout (rf_rnn_pack): costs one more copy of the weights
                 n_ih = rf_rnn_packed_size(&self.desc, <int>I_l)
                 n_hh = rf_rnn_packed_size(&self.desc, <int>P)
