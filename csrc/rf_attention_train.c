@@ -57,60 +57,17 @@ static inline void rfat_axpy(float alpha, const float *x, float *y, int n) {
     for (int i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
-/* ---- vectorisable tanh (same scheme as rf_train.c: exp by range reduction, ~2 ulp; NaN propagates,
- * +-inf saturate; no -ffast-math). libm's tanhf does not vectorise and dominated the additive form. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RF_NO_CLONES)
-#define RFAT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define RFAT_CLONES
-#endif
-
-static inline float rfat_exp(float x) {
-    const float hi = 88.0f, lo = -87.0f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
-    const float magic = 12582912.0f;
-    float n = (xc * 1.44269504088896341f + magic) - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union {
-        float f;
-        int32_t i;
-    } sc;
-    sc.i = ((int32_t)n + 127) << 23;
-    float y = p * sc.f;
-    y = x > hi ? __builtin_inff() : y;
-    y = x < lo ? 0.0f : y;
-    return x != x ? x : y;
-}
-
-static inline float rfat_tanh(float x) {
-    const float ax = __builtin_fabsf(x);
-    const float e = rfat_exp(-2.0f * ax);
-    float t = (1.0f - e) / (1.0f + e);
-    const float x2 = x * x;
-    const float small = ax * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * -0.0539682540f)));
-    t = ax < 0.0625f ? small : t;
-    t = x < 0.0f ? -t : t;
-    return x != x ? x : t;
-}
+#include "rf_act_scalar.h" /* vectorisable tanh: libm's tanhf does not vectorise and dominated the additive form */
 
 /* u = tanh(qp + kp) (A), returns v . u */
-RFAT_CLONES static float rfat_additive_score(const float *restrict qp, const float *restrict kp,
+RF_TCLONES static float rfat_additive_score(const float *restrict qp, const float *restrict kp,
                                              const float *restrict v, float *restrict u, int A) {
-    for (int j = 0; j < A; j++) u[j] = rfat_tanh(qp[j] + kp[j]);
+    for (int j = 0; j < A; j++) u[j] = rf_tanh_s(qp[j] + kp[j]);
     return rfat_dot(v, u, A);
 }
 
 /* g = d v (1 - u^2);  dqp += g;  dkp += g */
-RFAT_CLONES static void rfat_additive_grad(float d, const float *restrict v, const float *restrict u,
+RF_TCLONES static void rfat_additive_grad(float d, const float *restrict v, const float *restrict u,
                                            float *restrict dqp, float *restrict dkp, int A) {
     for (int j = 0; j < A; j++) {
         const float gj = d * v[j] * (1.0f - u[j] * u[j]);

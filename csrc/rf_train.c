@@ -40,60 +40,13 @@ static int rf_nthreads(int n_threads) {
 #endif
 }
 
-/* ---- vectorisable activations over arrays (no -ffast-math; NaN propagates; +-inf saturate) ----
- * exp by range reduction x = n ln2 + r, degree-6 polynomial (~2 ulp); rounding by the 1.5*2^23 trick so
- * that plain SSE2 vectorises it; AVX2 clones are picked at run time where the compiler supports it. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RF_NO_CLONES)
-#define RF_TCLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define RF_TCLONES
-#endif
-
-static inline float rft_exp(float x) {
-    const float hi = 88.0f, lo = -87.0f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
-    const float magic = 12582912.0f;
-    float n = (xc * 1.44269504088896341f + magic) - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union {
-        float f;
-        int32_t i;
-    } sc;
-    sc.i = ((int32_t)n + 127) << 23;
-    float y = p * sc.f;
-    y = x > hi ? __builtin_inff() : y;
-    y = x < lo ? 0.0f : y;
-    return x != x ? x : y;
-}
-
-static inline float sigm(float x) { return 1.0f / (1.0f + rft_exp(-x)); }
-
-/* tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|); odd polynomial below |x| < 0.0625 */
-static inline float rft_tanh(float x) {
-    const float ax = __builtin_fabsf(x);
-    const float e = rft_exp(-2.0f * ax);
-    float t = (1.0f - e) / (1.0f + e);
-    const float x2 = x * x;
-    const float small = ax * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * -0.0539682540f)));
-    t = ax < 0.0625f ? small : t;
-    t = x < 0.0f ? -t : t;
-    return x != x ? x : t;
-}
+#include "rf_act_scalar.h"
 
 RF_TCLONES static void v_sigmoid(float *restrict y, int n) {
-    for (int j = 0; j < n; j++) y[j] = sigm(y[j]);
+    for (int j = 0; j < n; j++) y[j] = rf_sigmoid_s(y[j]);
 }
 RF_TCLONES static void v_tanh(float *restrict y, int n) {
-    for (int j = 0; j < n; j++) y[j] = rft_tanh(y[j]);
+    for (int j = 0; j < n; j++) y[j] = rf_tanh_s(y[j]);
 }
 
 /* ---- per-step products with packed weights ----------------------------------------------------
