@@ -13,6 +13,7 @@ import sys
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 csrc = sorted(glob.glob("csrc/*.c"))
 headers = sorted(glob.glob("csrc/*.h"))
@@ -47,7 +48,19 @@ extensions = [
     for pyx in sorted(glob.glob("rnnfast/*.pyx"))
 ]
 
+
+
+class BuildExtSerial(build_ext):
+    """Every extension compiles the same csrc/*.c into the same object files; building extensions in
+    parallel (-j) raced on them (a link could read a half-written object), so they are built in turn."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.parallel = None
+
+
 setup(
+    cmdclass={"build_ext": BuildExtSerial},
     ext_modules=cythonize(
         extensions,
         language_level=3,
