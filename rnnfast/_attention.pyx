@@ -10,16 +10,13 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from rnnfast._capi cimport RF_OK, RF_ERRLEN, install_blas, raise_status, rf_status
+
 import numpy as np
 
 from rnnfast.errors import InternalError, OutOfMemoryError, ShapeError, UnsupportedError
 
 cdef extern from "rnnfast.h" nogil:
-    ctypedef int rf_status
-    ctypedef void (*rf_fortran_sgemm)(const char *, const char *, const int *, const int *, const int *,
-                                      const float *, const float *, const int *, const float *, const int *,
-                                      const float *, float *, const int *) noexcept nogil
-    void rf_blas_set_sgemm(rf_fortran_sgemm fn)
 
     ctypedef struct rf_rnn_ext:
         pass
@@ -152,25 +149,7 @@ cdef extern from "rf_attention.h" nogil:
     rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, int n_threads, char *err)
 
 
-def _install_blas():
-    """Point this extension's copy of the C core at SciPy's sgemm (each extension has its own copy)."""
-    from rnnfast import _blas
-
-    rf_blas_set_sgemm(<rf_fortran_sgemm><uintptr_t>_blas.sgemm_address())
-
-
-_install_blas()
-
-
-cdef object _raise(rf_status st, char *err):
-    msg = err.decode("utf-8", "replace") if err[0] != 0 else "attention kernel failed"
-    if st == 1:
-        raise ShapeError(msg)
-    if st == 2:
-        raise OutOfMemoryError(msg)
-    if st == 3:
-        raise UnsupportedError(msg)
-    raise InternalError(msg)
+install_blas()
 
 
 cdef inline uintptr_t _addr(object arr):
@@ -217,7 +196,7 @@ def linear(x, w, b, int n_threads=0):
         st = rf_linear(B_, N_, K_, <const float *>px, <const float *>pw, <const float *>pb, <float *>py, n_threads,
                        err)
     if st != 0:
-        _raise(st, err)
+        raise_status(st, err)
     return y
 
 
@@ -264,7 +243,7 @@ def attn_forward(int kind, q, kp, v, values, lengths, mask, float scale, int n_t
     with nogil:
         st = rf_attn_forward(&a, n_threads, err)
     if st != 0:
-        _raise(st, err)
+        raise_status(st, err)
     return ctx, weights
 
 
@@ -337,7 +316,7 @@ def sdpa(q, k, v, mask, kpm, bint causal, int causal_offset, float scale, float 
     with nogil:
         st = rf_sdpa_forward(&a, <void *>wsp, wsz, n_threads, err)
     if st != 0:
-        _raise(st, err)
+        raise_status(st, err)
     return weights, raw
 
 
@@ -406,7 +385,7 @@ def mha(q, k, v, int num_heads, bint batch_first, w_q, w_k, w_v, b_q, b_k, b_v, 
     with nogil:
         st = rf_mha_forward(&a, <void *>wsp, wsz, n_threads, err)
     if st != 0:
-        _raise(st, err)
+        raise_status(st, err)
     return y, weights
 
 
@@ -448,7 +427,7 @@ cdef class DecoderPlan:
         self.desc.ext = NULL
         st = rf_rnn_check_desc(&self.desc, err)
         if st != 0:
-            _raise(st, err)
+            raise_status(st, err)
         self.num_layers, self.hidden_size, self.input_size = num_layers, hidden_size, input_size
         self.w = <rf_rnn_weights *>malloc(sizeof(rf_rnn_weights) * num_layers)
         if self.w == NULL:
@@ -571,5 +550,5 @@ def greedy_decode(DecoderPlan plan, int wiring, bint input_feeding, embedding, o
     with nogil:
         st = rf_greedy_decode(&a, <void *>wsp, wsz, n_threads, err)
     if st != 0:
-        _raise(st, err)
+        raise_status(st, err)
     return tokens[:, :steps], lengths, scores, (None if attn is None else attn[:, :steps])

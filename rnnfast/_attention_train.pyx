@@ -9,23 +9,12 @@ sizes A=additive attention size.
 
 from libc.stdint cimport int32_t, uint8_t, uintptr_t
 
+from rnnfast._capi cimport RF_OK, RF_ERRLEN, install_blas, raise_status, rf_status
+
 import numpy as np
 
 from . import _blas
-from .errors import InternalError, OutOfMemoryError, ShapeError, UnsupportedError
-
-
-cdef extern from "rnnfast.h" nogil:
-    ctypedef enum rf_status:
-        RF_OK
-        RF_ERR_INVALID_ARG
-        RF_ERR_NO_MEMORY
-        RF_ERR_UNSUPPORTED
-        RF_ERR_INTERNAL
-    ctypedef void (*rf_fortran_sgemm)(const char *, const char *, const int *, const int *, const int *,
-                                      const float *, const float *, const int *, const float *, const int *,
-                                      const float *, float *, const int *)
-    void rf_blas_set_sgemm(rf_fortran_sgemm fn)
+from .errors import InternalError, ShapeError, UnsupportedError
 
 
 cdef extern from "rf_attention_train.h" nogil:
@@ -64,20 +53,11 @@ cdef extern from "rf_attention_train.h" nogil:
 
 
 # Each extension module carries its own copy of the C core: point this copy at SciPy's sgemm too.
-rf_blas_set_sgemm(<rf_fortran_sgemm><uintptr_t>_blas.sgemm_address())
+install_blas()
 
 FORMS = {"additive": 0, "dot": 1, "general": 2}
 
 
-cdef raise_status(rf_status st, const char *err):
-    msg = err.decode("utf-8", "replace")
-    if st == RF_ERR_INVALID_ARG:
-        raise ShapeError(msg)
-    if st == RF_ERR_NO_MEMORY:
-        raise OutOfMemoryError(msg)
-    if st == RF_ERR_UNSUPPORTED:
-        raise UnsupportedError(msg)
-    raise InternalError(msg or "C core failed with status %d" % st)
 
 
 cdef uintptr_t faddr(object a, tuple shape, str name, bint writable=False) except? 0:

@@ -9,6 +9,8 @@ from libc.stdint cimport int32_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from rnnfast._capi cimport RF_OK, RF_ERRLEN, install_blas, raise_status, rf_status
+
 import numpy as np
 
 cimport numpy as cnp
@@ -16,21 +18,10 @@ cimport numpy as cnp
 cnp.import_array()
 
 from . import _blas
-from .errors import InternalError, OutOfMemoryError, ShapeError, UnsupportedError
+from .errors import InternalError, OutOfMemoryError, ShapeError
 
 
 cdef extern from "rnnfast.h" nogil:
-    ctypedef enum rf_status:
-        RF_OK
-        RF_ERR_INVALID_ARG
-        RF_ERR_NO_MEMORY
-        RF_ERR_UNSUPPORTED
-        RF_ERR_INTERNAL
-    int RF_ERRLEN
-    ctypedef void (*rf_fortran_sgemm)(const char *, const char *, const int *, const int *, const int *,
-                                      const float *, const float *, const int *, const float *, const int *,
-                                      const float *, float *, const int *)
-    void rf_blas_set_sgemm(rf_fortran_sgemm fn)
     ctypedef struct rf_act:
         int kind
         float alpha
@@ -87,7 +78,7 @@ cdef extern from *:
     """
     int rf_omp_max_threads() nogil
 
-rf_blas_set_sgemm(<rf_fortran_sgemm><uintptr_t>_blas.sgemm_address())
+install_blas()
 
 CELLS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2, "affine": 3, "leakyrelu": 4, "thresholdedrelu": 5,
@@ -98,15 +89,6 @@ def omp_max_threads():
     return rf_omp_max_threads()
 
 
-cdef raise_status(rf_status st, const char *err):
-    msg = err.decode("utf-8", "replace")
-    if st == RF_ERR_INVALID_ARG:
-        raise ShapeError(msg)
-    if st == RF_ERR_NO_MEMORY:
-        raise OutOfMemoryError(msg)
-    if st == RF_ERR_UNSUPPORTED:
-        raise UnsupportedError(msg)
-    raise InternalError(msg or "C core failed with status %d" % st)
 
 
 cdef const float *cptr(object a, Py_ssize_t n, str name) except? NULL:

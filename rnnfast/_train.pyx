@@ -9,6 +9,8 @@ corrupting memory. Shapes: T=time B=batch I=input H=hidden P=projection G=gates 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 
+from rnnfast._capi cimport RF_OK, RF_ERRLEN, install_blas, raise_status, rf_status
+
 import numpy as np
 
 from . import _blas
@@ -16,17 +18,6 @@ from .errors import InternalError, OutOfMemoryError, ShapeError, UnsupportedErro
 
 
 cdef extern from "rnnfast.h" nogil:
-    ctypedef enum rf_status:
-        RF_OK
-        RF_ERR_INVALID_ARG
-        RF_ERR_NO_MEMORY
-        RF_ERR_UNSUPPORTED
-        RF_ERR_INTERNAL
-    int RF_ERRLEN
-    ctypedef void (*rf_fortran_sgemm)(const char *, const char *, const int *, const int *, const int *,
-                                      const float *, const float *, const int *, const float *, const int *,
-                                      const float *, float *, const int *)
-    void rf_blas_set_sgemm(rf_fortran_sgemm fn)
     ctypedef struct rf_rnn_desc:
         int cell
         int reset_after
@@ -95,20 +86,11 @@ cdef extern from "rf_train.h" nogil:
 
 
 # Each extension module carries its own copy of the C core: point this copy at SciPy's sgemm too.
-rf_blas_set_sgemm(<rf_fortran_sgemm><uintptr_t>_blas.sgemm_address())
+install_blas()
 
 CELLS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 
 
-cdef raise_status(rf_status st, const char *err):
-    msg = err.decode("utf-8", "replace")
-    if st == RF_ERR_INVALID_ARG:
-        raise ShapeError(msg)
-    if st == RF_ERR_NO_MEMORY:
-        raise OutOfMemoryError(msg)
-    if st == RF_ERR_UNSUPPORTED:
-        raise UnsupportedError(msg)
-    raise InternalError(msg or "C core failed with status %d" % st)
 
 
 cdef const float *cptr(object a, Py_ssize_t n, str name) except? NULL:

@@ -35,3 +35,9 @@ class OutOfMemoryError(RnnfastError, MemoryError):
 
 class InternalError(RnnfastError, RuntimeError):
     """A bug in rnnfast: please report it."""
+
+
+def from_status(code: int, message: str) -> RnnfastError:
+    """The exception for a failed call into the C core: the one mapping of rf_status to the error tree."""
+    cls = {1: ShapeError, 2: OutOfMemoryError, 3: UnsupportedError}.get(int(code), InternalError)
+    return cls(message or f"the C core failed with status {int(code)}")

@@ -125,3 +125,12 @@ def test_bad_constructor_arguments(kwargs):
 def test_errors_form_one_tree():
     for cls in (ShapeError, DTypeError, StateDictError):
         assert issubclass(cls, RnnfastError)
+
+
+def test_one_mapping_from_c_status_to_exceptions():
+    from rnnfast.errors import InternalError, OutOfMemoryError, UnsupportedError, from_status
+
+    assert type(from_status(1, "x: expected 3, got 4")) is ShapeError
+    assert type(from_status(2, "m")) is OutOfMemoryError and isinstance(from_status(2, "m"), MemoryError)
+    assert type(from_status(3, "m")) is UnsupportedError and isinstance(from_status(3, "m"), NotImplementedError)
+    assert type(from_status(4, "")) is InternalError and "status 4" in str(from_status(4, ""))

@@ -15,7 +15,7 @@ from tests.conftest import assert_close
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402 -- after importorskip
 
 G = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
