@@ -130,10 +130,11 @@ cdef class RNNPlan:
         free(self.w)
 
     def __init__(self, str cell, bint reset_after, int num_layers, int num_dirs, int input_size,
-                 int hidden_size, int proj_size, list weights, ext=None):
+                 int hidden_size, int proj_size, list weights, ext=None, bint pack=True):
         """weights: num_layers*num_dirs dicts with float32 C-contiguous arrays
         w_ih (G*H, I_l), w_hh (G*H, P), bias (G*H)|None, b_hn (H)|None, w_hr (P, H)|None, peep (3H)|None.
-        ext: None or dict(act=[[(kind, alpha, beta)]*3]*D, clip=float, input_forget=bool)."""
+        ext: None or dict(act=[[(kind, alpha, beta)]*3]*D, clip=float, input_forget=bool).
+        pack=False leaves the weights unpacked: the core then runs its generic (naive) path."""
         cdef char err[256]
         cdef int k, g, d
         cdef size_t n_ih, n_hh
@@ -183,7 +184,7 @@ cdef class RNNPlan:
             self.w[k].w_hr = cptr(wk.get("w_hr"), P * H, "w_hr")
             self.w[k].peep = cptr(wk.get("peep"), 3 * H, "peep")
             packed = None
-            if ext is None and proj_size == 0:
+            if pack and ext is None and proj_size == 0:
                 # the batch-1 kernel's layout (rf_rnn_pack): costs one more copy of the weights
                 n_ih = rf_rnn_packed_size(&self.desc, <int>I_l)
                 n_hh = rf_rnn_packed_size(&self.desc, <int>P)

@@ -233,7 +233,8 @@ class RNNBase:
         self._set_params(params)
         self.peepholes = any("peep" in n for n in params)
 
-    def _set_params(self, params: dict[str, np.ndarray]) -> None:
+    def _set_params(self, params: dict[str, np.ndarray], pack: bool = True) -> None:
+        """Build the C plan. pack=False (tests) keeps the core on its generic path."""
         from ._core import RNNPlan
 
         H, D = self.hidden_size, self.num_directions
@@ -263,7 +264,7 @@ class RNNBase:
                 "input_forget": self.input_forget,
             }
         plan = RNNPlan(
-            self.mode, self.reset_after, self.num_layers, D, self.input_size, H, self.proj_size, weights, ext
+            self.mode, self.reset_after, self.num_layers, D, self.input_size, H, self.proj_size, weights, ext, pack
         )
         self._params = params
         self._plan = plan  # one attribute store: concurrent callers see the old or the new plan

@@ -153,3 +153,27 @@ def test_result_of_a_sequence_does_not_depend_on_its_batch(cell, n_threads):
             np.testing.assert_array_equal(alone[:, 0], together[: lengths[b], b])
     finally:
         rnnfast.set_num_threads(old)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B,bidirectional,lengths", [(1, False, None), (4, True, [3, 5, 0, 4]), (70, False, "rand")])
+def test_generic_path_matches_reference_and_fast_path(cell, B, bidirectional, lengths):
+    """The naive kernel (BLAS GEMM per step + fused pointwise) that the fast path is checked against: run
+    every cell on it by leaving the weights unpacked, and compare with the reference and the fast path."""
+    if lengths == "rand":
+        lengths = [int(v) for v in np.random.default_rng(0).integers(0, 6, size=B)]
+    mode, cls, kw = CELLS[cell]
+    fast = cls(3, 20, num_layers=2, bidirectional=bidirectional, seed=5, **kw)
+    generic = cls(3, 20, num_layers=2, bidirectional=bidirectional, **kw)
+    generic._set_params(fast._params, pack=False)
+    x = np.random.default_rng(1).standard_normal((5, B, 3)).astype(np.float32)
+    out_g, st_g = generic(x, lengths=lengths)
+    out_f, st_f = fast(x, lengths=lengths)
+    ref, ref_h, ref_c = R.recurrent(mode, x, fast.state_dict(), 2, bidirectional, lengths=lengths,
+                                    reset_after=kw.get("reset_after", True), proj_size=kw.get("proj_size", 0))
+    assert_close(out_g, ref, what="generic out")
+    assert_close(out_g, out_f, what="generic vs fast")
+    h_g = st_g[0] if mode == "LSTM" else st_g
+    assert_close(h_g, ref_h, what="generic h_n")
+    if mode == "LSTM":
+        assert_close(st_g[1], ref_c, what="generic c_n")
