@@ -315,29 +315,24 @@ static void run_pointwise(const rf_step_ctx *k, int s, int nact, const float *hh
 
 /* ---------------------------------------------------------------------------------------------- */
 
+/* perm: rows by decreasing length, ties by increasing batch index (a total order: deterministic).
+ * Shell sort in place: O(B^1.3), no workspace, independent of T. */
 static void sort_by_length(int B, int T, const int32_t *lengths, int32_t *perm, int32_t *len) {
-    /* counting sort by decreasing length, stable: O(B + T) */
     for (int i = 0; i < B; i++) perm[i] = i;
     if (!lengths) {
         for (int i = 0; i < B; i++) len[i] = T;
         return;
     }
-    /* insertion sort is fine for typical B; fall back to a counting sort for large B */
-    if (B <= 64) {
-        for (int i = 1; i < B; i++) {
-            int32_t p = perm[i];
-            int j = i - 1;
-            while (j >= 0 && lengths[perm[j]] < lengths[p]) { perm[j + 1] = perm[j]; j--; }
-            perm[j + 1] = p;
+#define RF_BEFORE(a, b) (lengths[a] > lengths[b] || (lengths[a] == lengths[b] && (a) < (b)))
+    for (int gap = B / 2; gap > 0; gap = gap == 2 ? 1 : gap * 5 / 11) {
+        for (int i = gap; i < B; i++) {
+            const int32_t p = perm[i];
+            int j = i;
+            for (; j >= gap && RF_BEFORE(p, perm[j - gap]); j -= gap) perm[j] = perm[j - gap];
+            perm[j] = p;
         }
-    } else {
-        /* two passes over the lengths: count, then place (len[] used as scratch for the counts) */
-        int pos = 0;
-        for (int L = T; L >= 0; L--)
-            for (int i = 0; i < B; i++)
-                if (lengths[i] == L) perm[pos++] = i;
-        (void)pos;
     }
+#undef RF_BEFORE
     for (int i = 0; i < B; i++) len[i] = lengths[perm[i]];
 }
 

@@ -92,8 +92,8 @@ def test_batch_one_wide(cell, H, lengths, bidirectional):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_many_sequences_sorted_by_counting(cell, rng):
-    """B > 64 sorts lengths with the counting path; the recurrent GEMM shrinks with the active rows."""
+def test_many_sequences_sorted_by_length(cell, rng):
+    """Many unsorted lengths with ties; the active rows shrink step by step."""
     lengths = list(rng.integers(0, 7, size=70))
     run_both(cell, 1, True, False, lengths, H=12, T=6, B=70)
 
