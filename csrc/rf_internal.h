@@ -20,6 +20,15 @@
 
 #define RF_ALIGN 64
 
+/* Products with a weight operand packed once (rf_pack.c): C (M, N) (+)= A (M, K) . Bm (K, N), Bm = W^T
+ * (tw = 1, W (N, K)) or W (tw = 0, W (K, N)); Wp holds rf_pk_floats(N, K) floats. rf_pk_pack packs the
+ * panels tid, tid + nthr, ... (a team shares the work); rf_pk_gemm computes the column panel pairs
+ * [pp0, pp1) (32 columns each) for all M rows; zeros: K zero floats (padding rows). */
+size_t rf_pk_floats(int N, int K);
+void rf_pk_pack(int tw, int N, int K, const float *W, int ldw, float *Wp, int tid, int nthr);
+void rf_pk_gemm(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc, int acc,
+                const float *zeros, int pp0, int pp1);
+
 /* Fill err (RF_ERRLEN bytes, may be NULL) and return the status. */
 static inline rf_status rf_fail(char *err, rf_status st, const char *fmt, ...) {
     if (err) {

@@ -10,12 +10,13 @@
  *   GRU:  aux (N, H) = W_hn h_{t-1} + b_hn (reset_after) or r h_{t-1} (reset_before)
  * then for every layer l < L-1 its output (N, D*P) (the next layer's input), then forward scratch
  * (state, packed per-step weights).
- * Hot path: one rf_sgemm X W_ih^T for all N rows, then per step one product h W_hh^T accumulated into
+ * Hot path: one rf_sgemm X W_ih^T for all N rows, then per step the biases and one product h W_hh^T into
  * that step's gate slice and vectorised pointwise passes. Backward does per step one product da W_hh
  * (accumulated into dh) and after the loop one rf_sgemm each for dW_ih, dW_hh, dW_hr, dx and biases.
- * The per-step products (B rows) run on weights packed once per call (pk_gemm below; rf_sgemm when
+ * The per-step products (B rows) run on weights packed once per call (rf_pk_gemm, rf_pack.c; rf_sgemm when
  * built with -DRF_TRAIN_NO_PACK): BLAS re-packs its operands on every call, which cost ~20% of a step.
- * Threads: the per-step work is serial (see pk_gemm); BLAS threads the big products.
+ * Threads: batch rows are independent through all steps, so one OpenMP team per layer splits them and
+ * runs the step loops without any synchronisation (team_size); BLAS threads the big products outside.
  */
 #include "rf_train.h"
 
@@ -51,83 +52,13 @@ RF_TCLONES static void v_tanh(float *restrict y, int n) {
 
 /* ---- per-step products with packed weights ----------------------------------------------------
  * The large products (all N rows at once) go through rf_sgemm. The per-step products have only B rows
- * and the same weights at every step: BLAS would re-pack W for every call (measured: ~20% of a training
- * step in OpenBLAS' copy routines), so W is packed once per call into panels of 16 output columns,
- * Wp[(p*K + k)*16 + j] = Bm[k][p*16 + j] with Bm = W^T (tw = 1, W (N, K)) or W (tw = 0, W (K, N)), zero
- * past N, an even number of panels. The micro-kernel keeps 4 rows x 32 columns in 8 vector
- * accumulators; panels are the outer loop so W streams through the cache once per step.
- * Build with -DRF_TRAIN_NO_PACK to use rf_sgemm for these too (the reference path). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RF_NO_CLONES)
-#define RF_KCLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
-#else
-#define RF_KCLONES
-#endif
-typedef float rft_v16 __attribute__((vector_size(64)));
-typedef float rft_v16u __attribute__((vector_size(64), aligned(4)));
-
-static size_t pk_floats(int N, int K) { return (((size_t)N + 31) / 32) * 32 * (size_t)K; }
-
-static void pk_pack(int tw, int N, int K, const float *W, int ldw, float *Wp) {
-    const int NP = (int)(((size_t)N + 31) / 32) * 2;
-    for (int p = 0; p < NP; p++)
-        for (int k = 0; k < K; k++) {
-            float *dst = Wp + ((size_t)p * K + k) * 16;
-            for (int j = 0; j < 16; j++) {
-                const int col = p * 16 + j;
-                dst[j] = col >= N ? 0.0f : (tw ? W[(size_t)col * ldw + k] : W[(size_t)k * ldw + col]);
-            }
-        }
-}
-
-static inline void pk_store(float *c, const rft_v16 *v, int n, int acc) {
-    if (n >= 16) {
-        if (acc) *(rft_v16u *)c += *v;
-        else *(rft_v16u *)c = *v;
-    } else {
-        for (int j = 0; j < n; j++) c[j] = (acc ? c[j] : 0.0f) + (*v)[j];
-    }
-}
-
-/* C(M, N) (+)= A(M, K) . Bm(K, N), Bm packed in Wp; zeros: K floats of 0 (rows past M). */
-RF_KCLONES static void pk_gemm(int M, int N, int K, const float *A, int lda, const float *Wp, float *C, int ldc,
-                               int acc, const float *zeros, int nt) {
-    const int NPP = (int)(((size_t)N + 31) / 32);
-    /* Serial on purpose: one OpenMP team per step (a barrier every step) measured 2-4x slower than one
-     * thread on a machine shared with other jobs; the big products still use BLAS threads. */
-    (void)nt;
-    for (int pp = 0; pp < NPP; pp++) {
-        const float *w0 = Wp + (size_t)pp * 2 * K * 16, *w1 = w0 + (size_t)K * 16;
-        const int col = pp * 32;
-        for (int m0 = 0; m0 < M; m0 += 4) {
-            const float *a0 = A + (size_t)m0 * lda;
-            const float *a1 = m0 + 1 < M ? a0 + lda : zeros;
-            const float *a2 = m0 + 2 < M ? a0 + 2 * (size_t)lda : zeros;
-            const float *a3 = m0 + 3 < M ? a0 + 3 * (size_t)lda : zeros;
-            rft_v16 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-            for (int k = 0; k < K; k++) {
-                const rft_v16 x0 = *(const rft_v16 *)(w0 + (size_t)k * 16);
-                const rft_v16 x1 = *(const rft_v16 *)(w1 + (size_t)k * 16);
-                const float s0 = a0[k], s1 = a1[k], s2 = a2[k], s3 = a3[k];
-                c00 += s0 * x0, c01 += s0 * x1;
-                c10 += s1 * x0, c11 += s1 * x1;
-                c20 += s2 * x0, c21 += s2 * x1;
-                c30 += s3 * x0, c31 += s3 * x1;
-            }
-            const int n0 = N - col, n1 = N - col - 16;
-            float *r = C + (size_t)m0 * ldc + col;
-            pk_store(r, &c00, n0, acc), pk_store(r + 16, &c01, n1, acc);
-            if (m0 + 1 < M) pk_store(r + ldc, &c10, n0, acc), pk_store(r + ldc + 16, &c11, n1, acc);
-            if (m0 + 2 < M) pk_store(r + 2 * (size_t)ldc, &c20, n0, acc), pk_store(r + 2 * (size_t)ldc + 16, &c21, n1, acc);
-            if (m0 + 3 < M) pk_store(r + 3 * (size_t)ldc, &c30, n0, acc), pk_store(r + 3 * (size_t)ldc + 16, &c31, n1, acc);
-        }
-    }
-}
-
+ * and the same weights at every step: W is packed once per call (rf_pk_pack, rf_pack.c) and multiplied
+ * by rf_pk_gemm. Build with -DRF_TRAIN_NO_PACK to use rf_sgemm for these too (the reference path). */
 /* C (+)= A . op(W): op(W) = W^T (tw = 1, W (N, K)) or W (tw = 0, W (K, N)); packed Wp when given. */
 static void step_mm(int tw, int M, int N, int K, const float *A, int lda, const float *W, int ldw, const float *Wp,
-                    int acc, float *C, int ldc, const float *zeros, int nt) {
+                    int acc, float *C, int ldc, const float *zeros) {
     if (M <= 0 || N <= 0) return;
-    if (Wp && K > 0) pk_gemm(M, N, K, A, lda, Wp, C, ldc, acc, zeros, nt);
+    if (Wp && K > 0) rf_pk_gemm(M, N, K, A, lda, Wp, C, ldc, acc, zeros, 0, (N + 31) / 32);
     else rf_sgemm(0, tw, M, N, K, 1.0f, A, lda, W, ldw, acc ? 1.0f : 0.0f, C, ldc);
 }
 
@@ -140,7 +71,7 @@ typedef struct {
 typedef struct {
     rf_tc_block k[2 * RF_TRAIN_MAX_LAYERS];
     float *lout[RF_TRAIN_MAX_LAYERS];
-    float *h, *c, *tmp;         /* forward scratch */
+    float *h, *c, *tmp, *bsum;  /* forward scratch; bsum (G*H) the summed biases */
     float *pk1, *pk2, *zeros;   /* packed per-step weights, a zero row */
 } rf_tc_layout;
 
@@ -170,9 +101,10 @@ static size_t tc_carve(const rf_rnn_desc *d, int T, int B, void *base, rf_tc_lay
     lay->h = rf_carve(&c, rf_mul3((size_t)B, P, 1) + 1);
     lay->c = rf_carve(&c, rf_mul3((size_t)B, H, 1) + 1);
     lay->tmp = rf_carve(&c, rf_mul3((size_t)B, H > P ? H : P, 1) + 1);
+    lay->bsum = rf_carve(&c, G * H + 1);
     const int HP = (int)(H > P ? H : P);
-    lay->pk1 = rf_carve(&c, pk_floats((int)(G * H), HP) + 1);
-    lay->pk2 = rf_carve(&c, pk_floats(HP, HP) + 1);
+    lay->pk1 = rf_carve(&c, rf_pk_floats((int)(G * H), HP) + 1);
+    lay->pk2 = rf_carve(&c, rf_pk_floats(HP, HP) + 1);
     lay->zeros = rf_carve(&c, G * H + H + P + 16);
     return c.ok ? c.used : 0;
 }
@@ -198,8 +130,8 @@ static size_t tw_carve(const rf_rnn_desc *d, int T, int B, void *base, rf_tw_lay
     w->tmp = rf_carve(&c, rf_mul3((size_t)B, H > P ? H : P, 1) + 1);
     w->ones = rf_carve(&c, N + 1);
     const int HP = (int)(H > P ? H : P);
-    w->pk1 = rf_carve(&c, pk_floats(HP, (int)(G * H)) + 1);
-    w->pk2 = rf_carve(&c, pk_floats(HP, 2 * HP) + 1);
+    w->pk1 = rf_carve(&c, rf_pk_floats(HP, (int)(G * H)) + 1);
+    w->pk2 = rf_carve(&c, rf_pk_floats(HP, 2 * HP) + 1);
     w->zeros = rf_carve(&c, G * H + H + P + 16);
     return c.ok ? c.used : 0;
 }
@@ -278,50 +210,38 @@ static rf_status check_all(const rf_rnn_desc *d, const rf_train_weights *w, cons
 /* Forward                                                                                           */
 /* ------------------------------------------------------------------------------------------------ */
 
-static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, const rf_rnn_io *io,
-                          const float *X, int I_l, rf_tc_block *cb, rf_tc_layout *lay, float *out, int dir,
-                          int k, int nt) {
+/* Threads for the step loops: batch rows are independent in forward and backward, so a team splits them
+ * (blocks of 4, the micro-kernel's height) and runs all T steps with no synchronisation at all; each
+ * thread streams the whole packed W_hh. Small problems stay on one thread. */
+static int team_size(int nt, int B, double flops) {
+#ifdef RF_TRAIN_NO_PACK
+    (void)nt, (void)B, (void)flops;
+    return 1; /* rf_sgemm per step: BLAS threads it, and BLAS is never called inside a parallel region */
+#else
+    const int blocks = (B + 3) / 4;
+    if (flops < 2e6 || nt < 2) return 1;
+    return nt < blocks ? nt : blocks;
+#endif
+}
+
+static void team_rows(int B, int tid, int nth, int *b0, int *b1) {
+    const int blocks = (B + 3) / 4;
+    *b0 = 4 * (int)((long)blocks * tid / nth);
+    *b1 = 4 * (int)((long)blocks * (tid + 1) / nth);
+    if (*b1 > B) *b1 = B;
+}
+
+/* Forward steps for batch rows [b0, b1): every per-row buffer is addressed at row b. */
+static void fwd_rows(const rf_rnn_desc *d, const rf_train_weights *wk, const rf_rnn_io *io, rf_tc_block *cb,
+                     rf_tc_layout *lay, float *out, int dir, const float *pk1, const float *pk2, int b0, int b1) {
     const int T = io->T, B = io->B, H = d->hidden_size, P = tc_P(d), G = n_gates(d->cell), GH = G * H;
-    const int DP = d->num_dirs * P, N = T * B;
+    const int DP = d->num_dirs * P, M = b1 - b0;
     const int cell = d->cell, proj = d->proj_size > 0;
     const int gru_ra = cell == RF_CELL_GRU && d->reset_after;
     float *h = lay->h, *c = lay->c, *tmp = lay->tmp;
+    const float *zeros = lay->zeros, *bsum = wk->b_ih ? lay->bsum : NULL;
     const int32_t *len = io->lengths;
-
-    /* gates = X W_ih^T + biases (GRU reset_after: the n-part of b_hh stays out) */
-    if (N > 0) rf_sgemm(0, 1, N, GH, I_l, 1.0f, X, I_l, wk->w_ih, I_l, 0.0f, cb->gates, GH);
-    if (wk->b_ih && N > 0) {
-        const int nb = gru_ra ? 2 * H : GH;
-        for (int r = 0; r < N; r++) {
-            float *g = cb->gates + (size_t)r * GH;
-            for (int j = 0; j < GH; j++) g[j] += wk->b_ih[j];
-            for (int j = 0; j < nb; j++) g[j] += wk->b_hh[j];
-        }
-    }
-    if (io->h0) memcpy(h, io->h0 + (size_t)k * B * P, sizeof(float) * B * P);
-    else memset(h, 0, sizeof(float) * B * P);
-    if (cell == RF_CELL_LSTM) {
-        if (io->c0) memcpy(c, io->c0 + (size_t)k * B * H, sizeof(float) * B * H);
-        else memset(c, 0, sizeof(float) * B * H);
-    }
-    const float *pk1 = NULL, *pk2 = NULL, *zeros = lay->zeros;
-#ifndef RF_TRAIN_NO_PACK
-    if (T > 0 && B > 0) {
-        memset(lay->zeros, 0, sizeof(float) * (size_t)(GH + H + P + 16));
-        if (cell == RF_CELL_GRU) {
-            pk_pack(1, 2 * H, H, wk->w_hh, H, lay->pk1);
-            pk_pack(1, H, H, wk->w_hh + (size_t)2 * H * H, H, lay->pk2);
-            pk2 = lay->pk2;
-        } else {
-            pk_pack(1, GH, P, wk->w_hh, P, lay->pk1);
-            if (proj) {
-                pk_pack(1, P, H, wk->w_hr, H, lay->pk2);
-                pk2 = lay->pk2;
-            }
-        }
-        pk1 = lay->pk1;
-    }
-#endif
+    if (M <= 0) return;
 
     for (int s = 0; s < T; s++) {
         const int t = dir ? T - 1 - s : s;
@@ -329,12 +249,17 @@ static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
         float *gt = cb->gates + tb * GH;
         float *hp = cb->hprev + tb * P;
         float *ot = out ? out + tb * DP + (size_t)dir * P : NULL;
-        memcpy(hp, h, sizeof(float) * B * P);
+        memcpy(hp + (size_t)b0 * P, h + (size_t)b0 * P, sizeof(float) * M * P);
+        if (bsum)
+            for (int b = b0; b < b1; b++) {
+                float *g = gt + (size_t)b * GH;
+                for (int j = 0; j < GH; j++) g[j] += bsum[j];
+            }
         if (cell == RF_CELL_LSTM) {
             float *cp = cb->cprev + tb * H, *tc = cb->tanhc + tb * H, *mt = proj ? cb->m + tb * H : NULL;
-            memcpy(cp, c, sizeof(float) * B * H);
-            step_mm(1, B, GH, P, h, P, wk->w_hh, P, pk1, 1, gt, GH, zeros, nt);
-            for (int b = 0; b < B; b++) {
+            memcpy(cp + (size_t)b0 * H, c + (size_t)b0 * H, sizeof(float) * M * H);
+            step_mm(1, M, GH, P, h + (size_t)b0 * P, P, wk->w_hh, P, pk1, 1, gt + (size_t)b0 * GH, GH, zeros);
+            for (int b = b0; b < b1; b++) {
                 const int valid = !len || t < len[b];
                 float *g = gt + (size_t)b * GH, *cb_ = c + (size_t)b * H, *tcb = tc + (size_t)b * H;
                 float *hb = h + (size_t)b * P;
@@ -345,7 +270,7 @@ static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                 for (int j = 0; j < H; j++) tcb[j] = g[H + j] * cb_[j] + g[j] * g[2 * H + j]; /* c_t */
                 if (valid) memcpy(cb_, tcb, sizeof(float) * H);
                 v_tanh(tcb, H);
-                float *mb = proj ? mt + (size_t)b * H : (valid ? hb : tmp);
+                float *mb = proj ? mt + (size_t)b * H : (valid ? hb : tmp + (size_t)b * H);
                 for (int j = 0; j < H; j++) mb[j] = g[3 * H + j] * tcb[j];
                 if (!proj && ob) {
                     if (valid) memcpy(ob, mb, sizeof(float) * H);
@@ -353,8 +278,8 @@ static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                 }
             }
             if (proj) {
-                step_mm(1, B, P, H, mt, H, wk->w_hr, H, pk2, 0, tmp, P, zeros, nt);
-                for (int b = 0; b < B; b++) {
+                step_mm(1, M, P, H, mt + (size_t)b0 * H, H, wk->w_hr, H, pk2, 0, tmp + (size_t)b0 * P, P, zeros);
+                for (int b = b0; b < b1; b++) {
                     const int valid = !len || t < len[b];
                     if (valid) memcpy(h + (size_t)b * P, tmp + (size_t)b * P, sizeof(float) * P);
                     if (ot) {
@@ -365,30 +290,32 @@ static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
             }
         } else if (cell == RF_CELL_GRU) {
             float *ax = cb->aux + tb * H;
-            step_mm(1, B, 2 * H, H, h, H, wk->w_hh, H, pk1, 1, gt, GH, zeros, nt);
-            for (int b = 0; b < B; b++) v_sigmoid(gt + (size_t)b * GH, 2 * H); /* r, z */
+            step_mm(1, M, 2 * H, H, h + (size_t)b0 * H, H, wk->w_hh, H, pk1, 1, gt + (size_t)b0 * GH, GH, zeros);
+            for (int b = b0; b < b1; b++) v_sigmoid(gt + (size_t)b * GH, 2 * H); /* r, z */
             if (gru_ra) {
-                step_mm(1, B, H, H, h, H, wk->w_hh + (size_t)2 * H * H, H, pk2, 0, ax, H, zeros, nt);
-                for (int b = 0; b < B; b++) {
+                step_mm(1, M, H, H, h + (size_t)b0 * H, H, wk->w_hh + (size_t)2 * H * H, H, pk2, 0,
+                        ax + (size_t)b0 * H, H, zeros);
+                for (int b = b0; b < b1; b++) {
                     float *g = gt + (size_t)b * GH, *axb = ax + (size_t)b * H;
                     if (wk->b_hh)
                         for (int j = 0; j < H; j++) axb[j] += wk->b_hh[2 * H + j];
                     for (int j = 0; j < H; j++) g[2 * H + j] += g[j] * axb[j];
                 }
             } else {
-                for (int b = 0; b < B; b++) {
+                for (int b = b0; b < b1; b++) {
                     const float *g = gt + (size_t)b * GH, *hb = h + (size_t)b * H;
                     float *axb = ax + (size_t)b * H;
                     for (int j = 0; j < H; j++) axb[j] = g[j] * hb[j];
                 }
-                step_mm(1, B, H, H, ax, H, wk->w_hh + (size_t)2 * H * H, H, pk2, 1, gt + 2 * H, GH, zeros, nt);
+                step_mm(1, M, H, H, ax + (size_t)b0 * H, H, wk->w_hh + (size_t)2 * H * H, H, pk2, 1,
+                        gt + (size_t)b0 * GH + 2 * H, GH, zeros);
             }
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const int valid = !len || t < len[b];
                 float *g = gt + (size_t)b * GH, *hb = h + (size_t)b * H;
                 float *ob = ot ? ot + (size_t)b * DP : NULL;
                 v_tanh(g + 2 * H, H);
-                float *hn = valid ? (ob ? ob : tmp) : tmp;
+                float *hn = valid ? (ob ? ob : tmp + (size_t)b * H) : tmp + (size_t)b * H;
                 for (int j = 0; j < H; j++) hn[j] = (1.0f - g[H + j]) * g[2 * H + j] + g[H + j] * hb[j];
                 if (valid) {
                     if (hn != hb) memcpy(hb, hn, sizeof(float) * H);
@@ -398,8 +325,8 @@ static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
             }
         } else {
             const int relu = cell == RF_CELL_RNN_RELU;
-            step_mm(1, B, H, H, h, H, wk->w_hh, H, pk1, 1, gt, GH, zeros, nt);
-            for (int b = 0; b < B; b++) {
+            step_mm(1, M, H, H, h + (size_t)b0 * H, H, wk->w_hh, H, pk1, 1, gt + (size_t)b0 * GH, GH, zeros);
+            for (int b = b0; b < b1; b++) {
                 const int valid = !len || t < len[b];
                 float *g = gt + (size_t)b * GH, *hb = h + (size_t)b * H;
                 float *ob = ot ? ot + (size_t)b * DP : NULL;
@@ -414,6 +341,58 @@ static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                 }
             }
         }
+    }
+}
+
+static void fwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, const rf_rnn_io *io,
+                          const float *X, int I_l, rf_tc_block *cb, rf_tc_layout *lay, float *out, int dir,
+                          int k, int nt) {
+    const int T = io->T, B = io->B, H = d->hidden_size, P = tc_P(d), G = n_gates(d->cell), GH = G * H;
+    const int N = T * B;
+    const int cell = d->cell, proj = d->proj_size > 0;
+    const int gru_ra = cell == RF_CELL_GRU && d->reset_after;
+    float *h = lay->h, *c = lay->c;
+
+    /* gates = X W_ih^T (one product for all N rows); the biases are added per step */
+    if (N > 0) rf_sgemm(0, 1, N, GH, I_l, 1.0f, X, I_l, wk->w_ih, I_l, 0.0f, cb->gates, GH);
+    if (wk->b_ih) { /* b_ih + b_hh, except GRU reset_after's n-part of b_hh (inside r * (W_hn h + b_hn)) */
+        const int nb = gru_ra ? 2 * H : GH;
+        for (int j = 0; j < GH; j++) lay->bsum[j] = wk->b_ih[j] + (j < nb ? wk->b_hh[j] : 0.0f);
+    }
+    if (io->h0) memcpy(h, io->h0 + (size_t)k * B * P, sizeof(float) * B * P);
+    else memset(h, 0, sizeof(float) * B * P);
+    if (cell == RF_CELL_LSTM) {
+        if (io->c0) memcpy(c, io->c0 + (size_t)k * B * H, sizeof(float) * B * H);
+        else memset(c, 0, sizeof(float) * B * H);
+    }
+    memset(lay->zeros, 0, sizeof(float) * (size_t)(GH + H + P + 16));
+    const float *pk1 = NULL, *pk2 = NULL;
+#ifndef RF_TRAIN_NO_PACK
+    if (T > 0 && B > 0) {
+        pk1 = lay->pk1;
+        if (cell == RF_CELL_GRU || proj) pk2 = lay->pk2;
+    }
+#endif
+    const int nth = team_size(nt, B, 2.0 * N * GH * P);
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = 0, n = 1, b0, b1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+        if (pk1) { /* packed once per call, panels shared out over the team */
+            if (cell == RF_CELL_GRU) {
+                rf_pk_pack(1, 2 * H, H, wk->w_hh, H, lay->pk1, tid, n);
+                rf_pk_pack(1, H, H, wk->w_hh + (size_t)2 * H * H, H, lay->pk2, tid, n);
+            } else {
+                rf_pk_pack(1, GH, P, wk->w_hh, P, lay->pk1, tid, n);
+                if (proj) rf_pk_pack(1, P, H, wk->w_hr, H, lay->pk2, tid, n);
+            }
+        }
+#pragma omp barrier
+        team_rows(B, tid, n, &b0, &b1);
+        fwd_rows(d, wk, io, cb, lay, out, dir, pk1, pk2, b0, b1);
     }
     if (io->h_n) memcpy(io->h_n + (size_t)k * B * P, h, sizeof(float) * B * P);
     if (io->c_n && cell == RF_CELL_LSTM) memcpy(io->c_n + (size_t)k * B * H, c, sizeof(float) * B * H);
@@ -450,42 +429,18 @@ rf_status rf_train_forward(const rf_rnn_desc *d, const rf_train_weights *w, cons
 /* Backward                                                                                          */
 /* ------------------------------------------------------------------------------------------------ */
 
-static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, const rf_rnn_io *io,
-                          const float *X, int I_l, const rf_tc_block *cb, rf_tw_layout *ws, const float *dY,
-                          const float *d_hn, const float *d_cn, float *dX, int dx_beta, float *dh0, float *dc0,
-                          const rf_train_grads *gk, int dir, int k, int nt) {
+/* Backward steps for batch rows [b0, b1) (see fwd_rows). */
+static void bwd_rows(const rf_rnn_desc *d, const rf_train_weights *wk, const rf_rnn_io *io, const rf_tc_block *cb,
+                     rf_tw_layout *ws, const float *dY, int dir, const float *pk1, const float *pk2, int b0, int b1) {
     const int T = io->T, B = io->B, H = d->hidden_size, P = tc_P(d), G = n_gates(d->cell), GH = G * H;
-    const int DP = d->num_dirs * P, N = T * B;
+    const int DP = d->num_dirs * P, M = b1 - b0;
     const int cell = d->cell, proj = d->proj_size > 0;
     const int gru_ra = cell == RF_CELL_GRU && d->reset_after;
     const int32_t *len = io->lengths;
     float *dh = ws->dh, *dc = ws->dc, *tmp = ws->tmp, *dax = ws->dax, *dah = ws->dah;
-    (void)nt; /* per-step work is serial (see pk_gemm) */
-
-    const float *pk1 = NULL, *pk2 = NULL, *zeros = ws->zeros;
-#ifndef RF_TRAIN_NO_PACK
-    if (T > 0 && B > 0) {
-        memset(ws->zeros, 0, sizeof(float) * (size_t)(GH + H + P + 16));
-        if (cell == RF_CELL_GRU && !gru_ra) {
-            pk_pack(0, H, 2 * H, wk->w_hh, H, ws->pk1);
-            pk_pack(0, H, H, wk->w_hh + (size_t)2 * H * H, H, ws->pk2);
-            pk2 = ws->pk2;
-        } else {
-            pk_pack(0, P, GH, wk->w_hh, P, ws->pk1);
-            if (proj) {
-                pk_pack(0, H, P, wk->w_hr, H, ws->pk2);
-                pk2 = ws->pk2;
-            }
-        }
-        pk1 = ws->pk1;
-    }
-#endif
-    if (d_hn) memcpy(dh, d_hn + (size_t)k * B * P, sizeof(float) * B * P);
-    else memset(dh, 0, sizeof(float) * B * P);
-    if (cell == RF_CELL_LSTM) {
-        if (d_cn) memcpy(dc, d_cn + (size_t)k * B * H, sizeof(float) * B * H);
-        else memset(dc, 0, sizeof(float) * B * H);
-    }
+    const float *zeros = ws->zeros;
+    const size_t o0 = (size_t)b0; /* row offset of this range */
+    if (M <= 0) return;
 
     for (int s = T - 1; s >= 0; s--) {
         const int t = dir ? T - 1 - s : s;
@@ -498,7 +453,7 @@ static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
             const float *dm = dh;
             if (proj) {
                 float *dHt = ws->dH + tb * P;
-                for (int b = 0; b < B; b++) {
+                for (int b = b0; b < b1; b++) {
                     const int valid = !len || t < len[b];
                     float *dhb = dh + (size_t)b * P, *o = dHt + (size_t)b * P;
                     if (valid) {
@@ -509,10 +464,10 @@ static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                         memset(o, 0, sizeof(float) * P);
                     }
                 }
-                step_mm(0, B, H, P, dHt, P, wk->w_hr, H, pk2, 0, tmp, H, zeros, nt);
+                step_mm(0, M, H, P, dHt + o0 * P, P, wk->w_hr, H, pk2, 0, tmp + o0 * H, H, zeros);
                 dm = tmp;
             }
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const int valid = !len || t < len[b];
                 float *da = dat + (size_t)b * GH, *dhb = dh + (size_t)b * P, *dcb = dc + (size_t)b * H;
                 if (!valid) {
@@ -535,10 +490,10 @@ static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                 }
                 memset(dhb, 0, sizeof(float) * P);
             }
-            step_mm(0, B, P, GH, dat, GH, wk->w_hh, P, pk1, 1, dh, P, zeros, nt);
+            step_mm(0, M, P, GH, dat + o0 * GH, GH, wk->w_hh, P, pk1, 1, dh + o0 * P, P, zeros);
         } else if (cell == RF_CELL_GRU) {
             const float *ax = cb->aux + tb * H;
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const int valid = !len || t < len[b];
                 float *da = dat + (size_t)b * GH, *dha = daht + (size_t)b * GH, *dhb = dh + (size_t)b * H;
                 if (!valid) {
@@ -564,10 +519,11 @@ static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                 }
             }
             if (gru_ra) {
-                step_mm(0, B, H, GH, daht, GH, wk->w_hh, H, pk1, 1, dh, H, zeros, nt);
+                step_mm(0, M, H, GH, daht + o0 * GH, GH, wk->w_hh, H, pk1, 1, dh + o0 * H, H, zeros);
             } else {
-                step_mm(0, B, H, H, dat + 2 * H, GH, wk->w_hh + (size_t)2 * H * H, H, pk2, 0, tmp, H, zeros, nt);
-                for (int b = 0; b < B; b++) {
+                step_mm(0, M, H, H, dat + o0 * GH + 2 * H, GH, wk->w_hh + (size_t)2 * H * H, H, pk2, 0, tmp + o0 * H,
+                        H, zeros);
+                for (int b = b0; b < b1; b++) {
                     const int valid = !len || t < len[b];
                     if (!valid) continue;
                     const float *g = gt + (size_t)b * GH, *hpb = hp + (size_t)b * H, *tb_ = tmp + (size_t)b * H;
@@ -578,11 +534,11 @@ static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                         dhb[j] += tb_[j] * r;
                     }
                 }
-                step_mm(0, B, H, 2 * H, dat, GH, wk->w_hh, H, pk1, 1, dh, H, zeros, nt);
+                step_mm(0, M, H, 2 * H, dat + o0 * GH, GH, wk->w_hh, H, pk1, 1, dh + o0 * H, H, zeros);
             }
         } else {
             const int relu = cell == RF_CELL_RNN_RELU;
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const int valid = !len || t < len[b];
                 float *da = dat + (size_t)b * GH, *dhb = dh + (size_t)b * H;
                 if (!valid) {
@@ -597,8 +553,55 @@ static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, cons
                     dhb[j] = 0.0f;
                 }
             }
-            step_mm(0, B, H, H, dat, GH, wk->w_hh, H, pk1, 1, dh, H, zeros, nt);
+            step_mm(0, M, H, H, dat + o0 * GH, GH, wk->w_hh, H, pk1, 1, dh + o0 * H, H, zeros);
         }
+    }
+}
+
+static void bwd_layer_dir(const rf_rnn_desc *d, const rf_train_weights *wk, const rf_rnn_io *io,
+                          const float *X, int I_l, const rf_tc_block *cb, rf_tw_layout *ws, const float *dY,
+                          const float *d_hn, const float *d_cn, float *dX, int dx_beta, float *dh0, float *dc0,
+                          const rf_train_grads *gk, int k, int nt) {
+    const int T = io->T, B = io->B, H = d->hidden_size, P = tc_P(d), G = n_gates(d->cell), GH = G * H;
+    const int N = T * B, dir = k % d->num_dirs;
+    const int cell = d->cell, proj = d->proj_size > 0;
+    const int gru_ra = cell == RF_CELL_GRU && d->reset_after;
+    float *dh = ws->dh, *dc = ws->dc, *dax = ws->dax, *dah = ws->dah;
+
+    memset(ws->zeros, 0, sizeof(float) * (size_t)(GH + H + P + 16));
+    const float *pk1 = NULL, *pk2 = NULL;
+#ifndef RF_TRAIN_NO_PACK
+    if (T > 0 && B > 0) {
+        pk1 = ws->pk1;
+        if ((cell == RF_CELL_GRU && !gru_ra) || proj) pk2 = ws->pk2;
+    }
+#endif
+    if (d_hn) memcpy(dh, d_hn + (size_t)k * B * P, sizeof(float) * B * P);
+    else memset(dh, 0, sizeof(float) * B * P);
+    if (cell == RF_CELL_LSTM) {
+        if (d_cn) memcpy(dc, d_cn + (size_t)k * B * H, sizeof(float) * B * H);
+        else memset(dc, 0, sizeof(float) * B * H);
+    }
+    const int nth = team_size(nt, B, 2.0 * N * GH * P);
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = 0, n = 1, b0, b1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+        if (pk1) {
+            if (cell == RF_CELL_GRU && !gru_ra) {
+                rf_pk_pack(0, H, 2 * H, wk->w_hh, H, ws->pk1, tid, n);
+                rf_pk_pack(0, H, H, wk->w_hh + (size_t)2 * H * H, H, ws->pk2, tid, n);
+            } else {
+                rf_pk_pack(0, P, GH, wk->w_hh, P, ws->pk1, tid, n);
+                if (proj) rf_pk_pack(0, H, P, wk->w_hr, H, ws->pk2, tid, n);
+            }
+        }
+#pragma omp barrier
+        team_rows(B, tid, n, &b0, &b1);
+        bwd_rows(d, wk, io, cb, ws, dY, dir, pk1, pk2, b0, b1);
     }
     if (dh0) memcpy(dh0 + (size_t)k * B * P, dh, sizeof(float) * B * P);
     if (dc0 && cell == RF_CELL_LSTM) memcpy(dc0 + (size_t)k * B * H, dc, sizeof(float) * B * H);
@@ -656,7 +659,7 @@ rf_status rf_train_backward(const rf_rnn_desc *d, const rf_train_weights *w, con
         for (int dir = 0; dir < D; dir++) {
             const int k = l * D + dir;
             bwd_layer_dir(d, &w[k], io, X, I_l, &lay.k[k], &wl, dY, d_hn, d_cn, dX, dir > 0, dh0, dc0,
-                          g ? &g[k] : NULL, dir, k, nt);
+                          g ? &g[k] : NULL, k, nt);
         }
         dY = dX;
     }
