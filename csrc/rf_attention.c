@@ -20,6 +20,7 @@
  */
 #include "rf_attention.h"
 #include "rf_act.h" /* the core's 16-lane exp / tanh (GCC vector extensions, NaN-exact) */
+#include "rf_internal.h" /* rf_pk_* (the packed-weight product of rf_pack.c) */
 
 #include <math.h>
 #include <stdarg.h>
@@ -671,8 +672,11 @@ rf_status rf_mha_forward(const rf_mha_args *a, void *ws, size_t ws_size, int n_t
 /* Greedy Seq2Seq decoding                                                                          */
 /* ------------------------------------------------------------------------------------------------ */
 
+/* Whether greedy decoding packs the output weight (enough rows and steps to repay one pass over it). */
+static int rf__greedy_packs(const rf_greedy_args *a) { return a->B >= 4 && a->max_len >= 4; }
+
 typedef struct {
-    size_t x, h, c, top, qp, ctx, wts, cat, feed, logits, alive, rnn; /* byte offsets */
+    size_t x, h, c, top, qp, ctx, wts, cat, feed, logits, alive, zeros, outp, rnn; /* byte offsets */
     size_t rnn_size, total;
 } rf__greedy_layout;
 
@@ -699,6 +703,11 @@ static int rf__greedy_layout_of(const rf_greedy_args *a, rf__greedy_layout *g)
     g->feed = rf__gl_add(&off, B * (size_t)(a->Hc > 0 ? a->Hc : 1) * f);
     g->logits = rf__gl_add(&off, B * (size_t)a->V * f);
     g->alive = rf__gl_add(&off, B * sizeof(int));
+    g->zeros = rf__gl_add(&off, ((size_t)(a->Hc > a->dec->hidden_size ? a->Hc : a->dec->hidden_size) + 16) * f);
+    const int Hout = a->wiring == RF_WIRING_LUONG ? a->Hc : a->dec->hidden_size;
+    const size_t npk = rf__greedy_packs(a) && a->V > 0 && Hout > 0 ? rf_pk_floats(a->V, Hout) : 0;
+    if (npk > SIZE_MAX / 8) return 0;
+    g->outp = rf__gl_add(&off, npk * f);
     g->rnn_size = rf_rnn_workspace_size(a->dec, 1, a->B > 0 ? a->B : 1);
     if (g->rnn_size == 0) return 0;
     g->rnn = rf__gl_add(&off, g->rnn_size);
@@ -769,20 +778,66 @@ static rf_status rf__greedy_check(const rf_greedy_args *a, char *err)
     return RF_OK;
 }
 
-/* logits (B, V) -> first argmax and log-probability of it */
+/* logits (B, V) -> first argmax and log-probability of it. As torch.argmax, a NaN counts as the maximum
+ * (the first NaN wins) and its log-probability is NaN. */
+RF_KERNEL_ATTRS
 static void rf__argmax_logp(const float *row, int V, int *arg, double *logp)
 {
+    rf_v16 mv = RF_V(-INFINITY);
+    rf_i16 nan16 = {0};
+    int j = 0;
+    for (; j + 16 <= V; j += 16) {
+        const rf_v16 v = rf_vload(row + j);
+        mv = rf_vsel(v > mv, v, mv);
+        nan16 |= v != v;
+    }
+    float m = -INFINITY;
+    int nan = 0;
+    for (int l = 0; l < 16; ++l) {
+        nan |= nan16[l] != 0;
+        if (mv[l] > m) m = mv[l];
+    }
+    for (; j < V; ++j) {
+        nan |= row[j] != row[j];
+        if (row[j] > m) m = row[j];
+    }
     int best = 0;
-    float m = row[0];
-    for (int j = 1; j < V; ++j)
-        if (row[j] > m) {
-            m = row[j];
-            best = j;
-        }
+    if (nan) {
+        while (row[best] == row[best]) ++best;
+        *arg = best;
+        *logp = NAN;
+        return;
+    }
+    while (best < V - 1 && row[best] != m) ++best; /* the first maximum */
+    const rf_v16 m16 = RF_V(m);
+    rf_v16 acc = RF_V(0.0f);
+    j = 0;
+    for (; j + 16 <= V; j += 16) acc += rf_vexp(rf_vload(row + j) - m16);
     double s = 0.0;
-    for (int j = 0; j < V; ++j) s += exp((double)row[j] - (double)m);
+    for (int l = 0; l < 16; ++l) s += acc[l];
+    for (; j < V; ++j) s += exp((double)row[j] - (double)m);
     *arg = best;
     *logp = -log(s);
+}
+
+/* Y (B, N) [ldy] = X (B, K) . W^T + bias with W packed (rf_linear_pack); threads split the columns. */
+static void rf__linear_packed(int B, int N, int K, const float *X, const float *Wp, const float *bias, float *Y,
+                              int ldy, const float *zeros, int nt)
+{
+    if (bias)
+        for (int b = 0; b < B; ++b) memcpy(Y + (size_t)b * ldy, bias, (size_t)N * sizeof(float));
+    const int npp = (N + 31) / 32;
+    const int chunk = 4; /* panel pairs per task: 128 columns */
+    const int nchunks = (npp + chunk - 1) / chunk;
+    if (nt > 1 && nchunks > 1 && (long long)N * K * B > (1LL << 18)) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < nchunks; ++i) {
+            const int p1 = (i + 1) * chunk < npp ? (i + 1) * chunk : npp;
+            rf_pk_gemm(B, N, K, X, K, Wp, Y, ldy, bias != NULL, zeros, i * chunk, p1);
+        }
+    } else {
+        rf_pk_gemm(B, N, K, X, K, Wp, Y, ldy, bias != NULL, zeros, 0, npp);
+    }
 }
 
 rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, int n_threads, char *err)
@@ -817,6 +872,9 @@ rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, in
     float *wts = (float *)(base + g.wts), *cat = (float *)(base + g.cat), *feed = (float *)(base + g.feed);
     float *logits = (float *)(base + g.logits);
     int *alive = (int *)(base + g.alive);
+    float *zeros = (float *)(base + g.zeros);
+    float *outp = rf__greedy_packs(a) ? (float *)(base + g.outp) : NULL;
+    memset(zeros, 0, ((size_t)(a->Hc > H ? a->Hc : H) + 16) * sizeof(float));
     void *rnn_ws = base + g.rnn;
     /* the previous token of row b is tokens[b, t-1] (or start[b] at t = 0) */
 
@@ -848,6 +906,18 @@ rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, in
 
     const int Hout = a->wiring == RF_WIRING_LUONG ? Hc : H;
     const int nt = rf__attn_threads(n_threads);
+    if (outp) {
+        const int pnt = (long long)V * Hout > (1LL << 16) ? nt : 1;
+#pragma omp parallel num_threads(pnt) if (pnt > 1)
+        {
+            int tid = 0, n = 1;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+            n = omp_get_num_threads();
+#endif
+            rf_pk_pack(1, V, Hout, a->out_w, Hout, outp, tid, n);
+        }
+    }
     int steps = 0;
     for (int t = 0; t < T; ++t) {
         /* 1. decoder input: embedding of the previous token (+ context, + feed) */
@@ -909,7 +979,10 @@ rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, in
         }
 
         /* 4. output layer, argmax, log-probability */
-        rf__linear_small(B, V, Hout, out_in, a->out_w, a->out_b, logits, V, nt);
+        if (outp)
+            rf__linear_packed(B, V, Hout, out_in, outp, a->out_b, logits, V, zeros, nt);
+        else
+            rf__linear_small(B, V, Hout, out_in, a->out_w, a->out_b, logits, V, nt);
         int any = 0;
         for (int b = 0; b < B; ++b) {
             if (!alive[b]) continue;

@@ -105,7 +105,8 @@ rf_status rf_mha_forward(const rf_mha_args *a, void *ws, size_t ws_size, int n_t
  *   logits = W_o top + b_o;  y' = argmax (first maximum);  score += logits[y'] - logsumexp(logits)
  * A row stops after it emits end_token (its later tokens are end_token); the loop stops when every
  * row stopped or after max_len steps. The additive attention's query projection W_q h + b is one
- * GEMM per step; the key side (kp) is precomputed by the caller once per source. */
+ * GEMM per step; the key side (kp) is precomputed by the caller once per source. From B >= 4 rows and
+ * 4 steps the output layer's weight is packed once per call (in the workspace) for the core's product. */
 /* y (B, N) = x (B, K) . w^T + bias, w (N, K): small B (<= 16) on the core's own kernel (weights read
  * once for all rows), larger B on rf_sgemm. */
 rf_status rf_linear(int B, int N, int K, const float *x, const float *w, const float *bias, float *y, int n_threads,
