@@ -91,7 +91,10 @@ def _check_keys(owner: str, expected: list[str], state: Mapping[str, Any], stric
 def _as_float32(x: Any, name: str = "x") -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise errors.DTypeError(f"{name}: expected a numeric array, got {type(x).__name__} ({exc})") from None
     if arr.dtype.kind not in "fiub":
         raise errors.DTypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -191,6 +194,9 @@ class Embedding(Layer):
         if idx.dtype.kind == "f":
             if not np.all(np.isfinite(idx)) or not np.all(idx == np.floor(idx)):
                 raise errors.DTypeError("Embedding: tokens must be integers, got non-integer float values")
+            if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):  # before a wrapping cast
+                bad = idx.min() if idx.min() < 0 else idx.max()
+                raise errors.ShapeError(f"Embedding: token index must be in [0, {self.num_embeddings}), got {bad:g}")
             idx = idx.astype(np.int64)
         elif idx.dtype.kind == "b" or idx.dtype.kind not in "iu":
             raise errors.DTypeError(f"Embedding: tokens must be an integer array, got dtype {idx.dtype}")
@@ -730,6 +736,8 @@ def param_count_bound(cfg: Mapping[str, Any]) -> int:
     if not isinstance(cfg, Mapping):
         raise errors.FormatError(f"a layer config must be a dict, got {type(cfg).__name__}")
     t = cfg.get("type")
+    if not isinstance(t, str):  # (an unhashable type such as a list would leak a TypeError below)
+        raise errors.FormatError(f"a layer config must have a 'type' string, got {str(t)[:80]!r}")
     if t in RECURRENT_TYPES:
         I = _cfg_int(cfg, "input_size")
         H = _cfg_int(cfg, "hidden_size", minimum=1)

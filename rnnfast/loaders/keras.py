@@ -519,6 +519,8 @@ def _guard(fn: Callable[[], Any], path: str) -> Any:
         raise errors.FormatError(f"{path}: config nested too deeply") from exc
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         raise errors.FormatError(f"{path}: malformed Keras model: {type(exc).__name__}: {exc}") from exc
+    except RuntimeError as exc:  # h5py's error for a corrupt HDF5 structure met while walking the file
+        raise errors.FormatError(f"{path}: corrupt HDF5 weights: {exc}") from exc
 
 
 def load_keras_weights(path: str | os.PathLike, architecture: Any = None) -> M.Sequential:

@@ -139,8 +139,18 @@ def recurrent_layer(
 ) -> Any:
     """One ONNX RNN/LSTM/GRU node's weights and attributes -> an rnnfast layer (or Reversed(layer)).
 
-    The layer takes batch-first input when the node's layout is 1.
+    The layer takes batch-first input when the node's layout is 1. An attribute of the wrong type (a
+    string hidden_size, an int activations...) raises FormatError naming the node.
     """
+    try:
+        return _recurrent_layer(op, attrs, W, R, B, P, where)
+    except errors.RnnfastError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise errors.FormatError(f"{where}: malformed {op} attributes: {type(exc).__name__}: {exc}") from exc
+
+
+def _recurrent_layer(op, attrs, W, R, B, P, where):
     core = M._core()
     direction = attrs.get("direction", "forward")
     if isinstance(direction, bytes):
@@ -690,7 +700,7 @@ class OnnxGraph:
             except errors.RnnfastError as exc:
                 msg = str(exc)
                 raise type(exc)(msg if msg.startswith(self.source) else f"{where}: {msg}") from exc
-            except (ValueError, IndexError, TypeError, KeyError, np.AxisError) as exc:
+            except (ValueError, IndexError, TypeError, KeyError) as exc:  # (AxisError is a ValueError)
                 raise errors.ShapeError(f"{where}: {type(exc).__name__}: {exc}") from exc
             for name, val in zip(node["outputs"], res):
                 if name:
@@ -987,6 +997,14 @@ def graph_from_model(model: Any, path: str, check: bool = True) -> OnnxGraph:
             a = n.attribute[0]
             extra: dict = {}
             v = _attr_value(a, out0, extra, path, file_size)
+            A = _onnx().AttributeProto
+            want = {"value": A.TENSOR, "value_float": A.FLOAT, "value_floats": A.FLOATS, "value_int": A.INT,
+                    "value_ints": A.INTS}.get(a.name)
+            if want is not None and a.type != want:  # (a mistyped value leaked TypeError/ValueError)
+                raise errors.FormatError(
+                    f"{path}: Constant node {name!r}: attribute {a.name!r} has type "
+                    f"{A.AttributeType.Name(a.type) if a.type in A.AttributeType.values() else a.type}"
+                )
             if a.name == "value":
                 val = extra[v["__tensor__"]]
             elif a.name in ("value_float", "value_floats"):
