@@ -351,3 +351,23 @@ def test_assert_close_reports_one_sided_nan():
     with pytest.raises(AssertionError, match=r"at \(0,\): got np.float64\(0.0\), expected np.float64\(nan\)"):
         assert_close(np.array([0.0]), np.array([np.nan]))
     assert_close(np.array([np.nan, np.inf]), np.array([np.nan, np.inf]))
+
+
+@pytest.mark.parametrize("shape", [(2**20, 2**20), (16, 3)])
+def test_pt_broadcast_view_declaring_more_than_its_storage(tmp_path, shape):
+    """A stride-0 view saved by torch.save: 2.5 KB on disk, but to_numpy() copied it out at its declared
+    size (4 TiB -> MemoryError; a smaller lie would really allocate). Refused before anything is copied,
+    whether or not the declared shape matches the architecture."""
+    torch = pytest.importorskip("torch")
+    layer = rnnfast.LSTM(3, 4)
+    sd = {k: torch.from_numpy(v) for k, v in layer.state_dict().items()}
+    sd["weight_ih_l0"] = torch.zeros(1).expand(*shape)
+    p = tmp_path / "expanded.pt"
+    torch.save(sd, p)
+    assert p.stat().st_size < 10_000
+    with pytest.raises(errors.FormatError, match="storage holds only 4 bytes"):
+        load(p, architecture=layer.config())
+    sd["weight_ih_l0"] = torch.zeros(16 * 3 + 5)[5:].view(16, 3)  # a view into a larger storage is fine
+    torch.save(sd, p)
+    got = load(p, architecture=layer.config())
+    np.testing.assert_array_equal(got.state_dict()["weight_ih_l0"], np.zeros((16, 3), np.float32))
