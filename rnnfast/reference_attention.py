@@ -132,7 +132,9 @@ def multihead_attention(
         am = _additive_mask(attn_mask, True)
         bias = bias + (am if am.ndim == 2 else am.reshape(B, H, L, S))
     elif is_causal:
-        bias = bias + np.where(np.arange(S)[None, :] > np.arange(L)[:, None], -np.inf, 0.0)
+        # a causally hidden key is excluded, not added to: its score (even NaN) never reaches the softmax
+        # (torch's fused causal path; rnnfast's core does the same whatever need_weights)
+        e = np.where(np.arange(S)[None, :] > np.arange(L)[:, None], -np.inf, e)
     if key_padding_mask is not None:
         bias = bias + _additive_mask(key_padding_mask, True)[:, None, None, :]
     w = masked_softmax(e + bias)

@@ -371,3 +371,26 @@ def test_pt_broadcast_view_declaring_more_than_its_storage(tmp_path, shape):
     torch.save(sd, p)
     got = load(p, architecture=layer.config())
     np.testing.assert_array_equal(got.state_dict()["weight_ih_l0"], np.zeros((16, 3), np.float32))
+
+
+def test_mha_causal_hidden_nan_key_does_not_poison_earlier_queries():
+    """The float64 reference added -inf to causally hidden scores, so a NaN key hidden from query 0 made
+    query 0's output NaN (NaN + -inf = NaN); the core (and torch's fused causal path) exclude hidden keys."""
+    from conftest import assert_close
+    from rnnfast.reference_attention import multihead_attention as ref
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 1, 4)).astype(np.float32) for _ in range(3))
+    k[1, 0, 0] = np.nan  # key 1: hidden from query 0, visible to query 1
+    mha = rnnfast.MultiheadAttention(4, 2, seed=1)
+    y, _ = mha(q, k, v, is_causal=True, need_weights=False)
+    ry, _ = ref(q, k, v, mha.state_dict(), 2, is_causal=True, need_weights=False)
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
+    assert_close(y, ry, what="out")
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.MultiheadAttention(4, 2)
+    tm.load_state_dict({n: torch.from_numpy(a) for n, a in mha.state_dict().items()})
+    causal = torch.triu(torch.ones(2, 2, dtype=torch.bool), 1)
+    with torch.no_grad():
+        ty, _ = tm(*(torch.from_numpy(a) for a in (q, k, v)), attn_mask=causal, is_causal=True, need_weights=False)
+    assert_close(y, ty.numpy(), what="out vs torch")
