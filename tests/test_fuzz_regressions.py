@@ -394,3 +394,43 @@ def test_mha_causal_hidden_nan_key_does_not_poison_earlier_queries():
     with torch.no_grad():
         ty, _ = tm(*(torch.from_numpy(a) for a in (q, k, v)), attn_mask=causal, is_causal=True, need_weights=False)
     assert_close(y, ty.numpy(), what="out vs torch")
+
+
+@pytest.mark.parametrize("field", [b"Squeeze", b"sq", b"axes", b"gru"])
+def test_onnx_names_that_are_not_utf8(tmp_path, field):
+    """protobuf returns bytes for a string field that is not valid UTF-8: joining the unsupported op names
+    leaked TypeError ('expected str instance, bytes found'). Names are now decoded (backslashreplace)."""
+    onnx, model = _onnx_gru_model()
+    raw = model.SerializeToString()
+    assert raw.count(field) >= 1
+    bad = raw.replace(field, b"\xff\xfe" + field[2:])
+    p = _write(tmp_path, "utf8.onnx", bad)
+    try:
+        graph = load(p)
+    except errors.RnnfastError as exc:  # an unknown op / a dangling input: named, cleanly
+        assert isinstance(exc, (ValueError, NotImplementedError)) and str(p) in str(exc), repr(exc)
+        if field == b"Squeeze":
+            assert "\\xff\\xfeueeze" in str(exc)
+        return
+    try:  # the graph loaded (a renamed node or initializer): it runs or refuses cleanly
+        graph(np.zeros((4, 1, 2), np.float32))
+    except errors.RnnfastError as exc:
+        assert isinstance(exc, ValueError), repr(exc)
+
+
+def test_onnx_external_data_offset_not_an_integer(tmp_path):
+    """int('abc') on an external-data offset leaked ValueError."""
+    onnx, model = _onnx_gru_model()
+    from onnx import TensorProto
+
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    (tmp_path / "w.bin").write_bytes(b"\x00" * 72)
+    for k, v in (("location", "w.bin"), ("offset", "abc"), ("length", "72")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    p = tmp_path / "ext.onnx"
+    onnx.save(model, str(p))
+    with pytest.raises(errors.FormatError, match="not integers"):
+        load(p)
