@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import traceback
 
 import numpy as np
@@ -52,6 +53,20 @@ def _check_loaded(model) -> str:
     for k, v in sd.items():
         if not isinstance(v, np.ndarray) or v.dtype.kind not in "fiub":
             raise AssertionError(f"loaded tensor {k!r} is {type(v).__name__} {getattr(v, 'dtype', '')}")
+    # what `rnnfast info --json` prints, and what `rnnfast convert` writes: it must read back identically
+    from rnnfast.commands import describe_model
+    from rnnfast.loaders import load, save
+
+    json.dumps(describe_model(model), indent=2)
+    with tempfile.TemporaryDirectory(prefix="rnnfast-fuzz-") as d:
+        out = os.path.join(d, "converted.safetensors")
+        save(model, out)
+        back = load(out).state_dict()
+    if sorted(back) != sorted(sd):
+        raise AssertionError(f"convert lost or renamed tensors: {sorted(set(sd) ^ set(back))}")
+    for k, v in sd.items():
+        if back[k].shape != v.shape or not np.array_equal(back[k], v, equal_nan=True):
+            raise AssertionError(f"convert changed tensor {k!r}")
     x = _probe_input(model)
     if x is None:
         return "loaded"

@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from hypothesis.control import currently_in_test_context
 
 import rnnfast
 from rnnfast import errors
@@ -162,8 +161,10 @@ def worker():
 
 def check_outcome(rep: dict, data: bytes, suffix: str) -> None:
     """The fuzz oracle: a valid model, or an rnnfast exception; nothing else."""
-    if currently_in_test_context():  # outcome counts in --hypothesis-show-statistics
+    try:  # outcome counts in --hypothesis-show-statistics (event() refuses to run outside a given test)
         event(f"outcome: {rep.get('note') or rep.get('type') or rep['outcome']}")
+    except Exception:  # noqa: BLE001
+        pass
     if rep["outcome"] == "ok":
         return
     if rep["outcome"] == "crash":
