@@ -818,6 +818,18 @@ def test_fuzz_recurrent_layers(c, data):
     assert_close(h_n, sq(rh), what="h_n")
     if c_n is not None:
         assert_close(c_n, sq(rc), what="c_n")
+    if lengths is None and not c["bidir"] and T >= 1:  # streaming: two chunks carrying the state = one call
+        cut = data.draw(st.integers(0, T))
+        xs = np.asarray(x32, np.float32)
+        if unbatched:
+            parts = (xs[:cut], xs[cut:])
+        else:
+            parts = (xs[:, :cut], xs[:, cut:]) if c["bf"] else (xs[:cut], xs[cut:])
+        o1, s1 = layer(parts[0], hx)
+        o2, s2 = layer(parts[1], s1)
+        taxis = 1 if (c["bf"] and not unbatched) else 0
+        assert_close(np.concatenate([o1, o2], axis=taxis), out, what="streamed out")
+        assert_close(s2[0] if c["mode"] == "LSTM" else s2, h_n, what="streamed h_n")
 
 
 def _real_or_bad(data, shape, nan_ok=True):
