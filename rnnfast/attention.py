@@ -20,6 +20,7 @@ weights (B, [Tq,] S). Inputs may be float64 (converted to float32) or any array-
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,11 @@ class _SingleHeadAttention:
         return {k: v.copy() for k, v in self._state.items()}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        if not isinstance(state, Mapping):  # (None or an int leaked TypeError from `k in state`)
+            raise StateDictError(
+                f"{type(self).__name__}.load_state_dict: expected a mapping of names to arrays, "
+                f"got {type(state).__name__}"
+            )
         shapes = self._shapes()
         missing = [k for k in shapes if k not in state]
         unexpected = [k for k in state if k not in shapes]
@@ -169,7 +175,10 @@ class _SingleHeadAttention:
         for k, shape in shapes.items():
             if k not in state:
                 continue
-            a = np.asarray(state[k])
+            try:
+                a = np.asarray(state[k])
+            except (ValueError, TypeError) as exc:  # ragged nested lists
+                raise StateDictError(f"{k}: not an array ({exc})") from None
             if a.dtype.kind not in "fiu":
                 raise StateDictError(f"{k}: expected a numeric array, got dtype {a.dtype}")
             if a.shape != shape:

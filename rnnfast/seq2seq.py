@@ -236,17 +236,31 @@ class Seq2Seq:
             problems.append("missing: " + ", ".join(missing))
         new = {}
         for n, v in arrays.items():
-            a = np.asarray(_np(v))
+            try:
+                a = np.asarray(_np(v))
+            except (ValueError, TypeError) as exc:  # ragged nested lists
+                problems.append(f"{n}: not an array ({exc})")
+                continue
             if a.dtype.kind not in "fiu" or a.shape != getattr(self, n).shape:
                 problems.append(f"{n}: expected shape {getattr(self, n).shape} of reals, got {a.shape} {a.dtype}")
             else:
                 new[n] = np.ascontiguousarray(a, dtype=np.float32)
         if problems:
             raise StateDictError("Seq2Seq.load_state_dict: " + "; ".join(problems))
-        self.encoder.load_state_dict(parts["encoder"], strict)
-        self.decoder.load_state_dict(parts["decoder"], strict)
+        # all or nothing: a part that refuses its weights puts back the parts already loaded
+        subs = [(self.encoder, "encoder"), (self.decoder, "decoder")]
         if self.attention is not None:
-            self.attention.load_state_dict(parts["attention"], strict)
+            subs.append((self.attention, "attention"))
+        done: list[tuple[Any, dict]] = []
+        for part, key in subs:
+            old = part.state_dict()
+            try:
+                part.load_state_dict(parts[key], strict)
+            except Exception:
+                for prev, prev_state in reversed(done):
+                    prev.load_state_dict(prev_state)
+                raise
+            done.append((part, old))
         for n, a in new.items():
             setattr(self, n, a)
 

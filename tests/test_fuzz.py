@@ -1165,3 +1165,90 @@ def test_fuzz_embedding_linear_sequential(data, shape):
         assert y.shape == (B, T, 2)
         with pytest.raises(errors.ShapeError):
             model(toks, lengths=np.full(B + 1, T))
+
+
+def _sd_owners():
+    return [
+        rnnfast.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0),
+        rnnfast.LSTM(3, 4, proj_size=2, seed=0),
+        rnnfast.GRU(2, 3, seed=0),
+        rnnfast.RNN(2, 3, nonlinearity="relu", bias=False, seed=0),
+        M.Linear(3, 2, seed=0),
+        M.Embedding(5, 2, seed=0),
+        M.Sequential(M.Embedding(5, 3, seed=0), rnnfast.GRU(3, 2, seed=1), M.Linear(2, 2, seed=2)),
+        rnnfast.MultiheadAttention(4, 2, seed=0),
+        rnnfast.AdditiveAttention(3, 4, 2, seed=0),
+        rnnfast.GeneralAttention(3, 4, bias=True, seed=0),
+        _seq2seq("bahdanau", True),
+    ]
+
+
+@fuzz_settings(500)
+@given(data=st.data(), which=st.integers(0, 10))
+def test_fuzz_load_state_dict(data, which):
+    """load_state_dict with hostile mappings: missing/extra keys, wrong shapes, every dtype, lists, None,
+    strings. Either the values load exactly (as float32) or an rnnfast error is raised and the layer is
+    left as it was."""
+    owner = _sd_owners()[which]
+    before = owner.state_dict()
+    sd = dict(before)
+    keys = sorted(sd)
+    valid = True
+    touched: set[str] = set()
+    for _ in range(data.draw(st.integers(0, 3))):
+        op = data.draw(st.sampled_from(["drop", "extra", "shape", "dtype", "list", "junk", "nan", "f64", "int"]))
+        k = data.draw(st.sampled_from(keys))
+        if k in touched:
+            continue  # one change per key (a later valid value would undo an earlier fault)
+        touched.add(k)
+        if op == "drop":
+            sd.pop(k, None)
+            valid = False
+        elif op == "extra":
+            sd[data.draw(st.sampled_from(["extra", "0.weight.x", "weight_ih_l9", k + "_"]))] = np.zeros(2)
+            valid = False
+        elif op == "shape":
+            sd[k] = np.zeros(tuple(s + 1 for s in before[k].shape) or (2,), np.float32)
+            valid = False
+        elif op == "dtype":
+            sd[k] = before[k].astype(data.draw(st.sampled_from(["complex64", "U1", "O"])))
+            valid = False
+        elif op == "list":
+            sd[k] = before[k].tolist()  # a nested list of floats holds the same values
+        elif op == "junk":
+            sd[k] = data.draw(st.sampled_from([None, "abc", object(), [[1.0], [1.0, 2.0]], {"a": 1}]))
+            valid = False
+        elif op == "nan" and before[k].size:
+            a = before[k].copy()
+            a.flat[0] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e38]))
+            sd[k] = a
+        elif op == "f64":
+            sd[k] = before[k].astype(np.float64)
+        elif op == "int":
+            sd[k] = np.round(before[k]).astype(np.int32)
+            valid = valid and None  # integer weights: converted (recurrent layers) or refused (DTypeError)
+    if data.draw(st.integers(0, 9)) == 0:
+        sd, valid = data.draw(st.sampled_from([[1, 2], "state", None, 3])), False
+    def unchanged():
+        after = owner.state_dict()
+        assert sorted(after) == sorted(before)
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=f"{k} changed by a refused load")
+
+    if valid is False:
+        exc = _expect_clean_error(lambda: owner.load_state_dict(sd), ValueError, TypeError)
+        assert isinstance(exc, (errors.StateDictError, errors.DTypeError, errors.ShapeError)), type(exc)
+        unchanged()
+        return
+    try:
+        owner.load_state_dict(sd)
+    except errors.RnnfastError as exc:
+        assert valid is None, f"refused a valid state_dict: {type(exc).__name__}: {exc}"
+        assert isinstance(exc, (errors.StateDictError, errors.DTypeError)), type(exc)
+        unchanged()
+        return
+    after = owner.state_dict()
+    assert sorted(after) == sorted(before)
+    for k in before:
+        want = np.asarray(sd[k], dtype=np.float64).astype(before[k].dtype)
+        np.testing.assert_array_equal(after[k], want, err_msg=k)

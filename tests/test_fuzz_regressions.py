@@ -434,3 +434,53 @@ def test_onnx_external_data_offset_not_an_integer(tmp_path):
     onnx.save(model, str(p))
     with pytest.raises(errors.FormatError, match="not integers"):
         load(p)
+
+
+@pytest.mark.parametrize("bad", [None, 3, "state", [1, 2]])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: M.Linear(3, 2),
+        lambda: M.Embedding(5, 2),
+        lambda: M.Sequential(M.Embedding(5, 3), rnnfast.GRU(3, 2)),
+        lambda: rnnfast.MultiheadAttention(4, 2),
+        lambda: rnnfast.AdditiveAttention(3, 4, 2),
+        lambda: _s2s(),
+    ],
+)
+def test_load_state_dict_of_a_non_mapping(make, bad):
+    """`k in None` / dict('state') leaked TypeError/ValueError from Linear, Embedding, Sequential and the
+    attention layers."""
+    with pytest.raises(errors.StateDictError):
+        make().load_state_dict(bad)
+
+
+def test_load_state_dict_with_a_ragged_value():
+    with pytest.raises(errors.DTypeError, match="'weight'"):
+        M.Linear(2, 2).load_state_dict({"weight": [[1.0, 2.0], [3.0]], "bias": np.zeros(2)})
+    with pytest.raises(errors.StateDictError, match="v: not an array"):
+        att = rnnfast.AdditiveAttention(3, 4, 2)
+        att.load_state_dict({**att.state_dict(), "v": [[1.0], [1.0, 2.0]]})
+
+
+def test_sequential_and_seq2seq_load_state_dict_are_all_or_nothing():
+    """A later layer refusing its weights left the earlier layers loaded with the new ones: the model was
+    half old, half new behind the exception. Now nothing changes."""
+    model = M.Sequential(M.Embedding(5, 3, seed=0), rnnfast.GRU(3, 2, seed=1), M.Linear(2, 2, seed=2))
+    before = model.state_dict()
+    sd = {k: v + 1.0 for k, v in before.items()}
+    sd["2.bias"] = np.zeros(2, np.int32)  # Linear refuses integer weights, after Embedding and GRU loaded
+    with pytest.raises(errors.DTypeError, match="layer '2'"):
+        model.load_state_dict(sd)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    s2s = _s2s()
+    before = s2s.state_dict()
+    sd = {k: v + 1.0 for k, v in before.items()}
+    sd["decoder.weight_hh_l0"] = np.zeros((1, 1), np.float32)  # the decoder refuses, after the encoder
+    with pytest.raises(errors.StateDictError, match="weight_hh_l0"):
+        s2s.load_state_dict(sd)
+    for k, v in s2s.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    s2s.load_state_dict({k: v + 1.0 for k, v in before.items()})  # a valid one still loads everything
+    np.testing.assert_array_equal(s2s.state_dict()["encoder.weight_ih_l0"], before["encoder.weight_ih_l0"] + 1)
