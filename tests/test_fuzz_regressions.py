@@ -484,3 +484,27 @@ def test_sequential_and_seq2seq_load_state_dict_are_all_or_nothing():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     s2s.load_state_dict({k: v + 1.0 for k, v in before.items()})  # a valid one still loads everything
     np.testing.assert_array_equal(s2s.state_dict()["encoder.weight_ih_l0"], before["encoder.weight_ih_l0"] + 1)
+
+
+def test_onnx_squeeze_of_a_scalar_is_a_shape_error(tmp_path):
+    """Squeeze of a 0-d tensor computed `axis % 0`: the ZeroDivisionError escaped OnnxGraph.run, whose
+    guard caught only ValueError/IndexError/TypeError/KeyError. Found by a 3000-example fuzz run."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.array(1.0, np.float32))),
+        helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Squeeze", ["c", "axes"], ["s"], name="sq"),
+        helper.make_node("Add", ["X", "s"], ["out"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    p = tmp_path / "sq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(p))
+    with pytest.raises(errors.ShapeError, match="Squeeze"):
+        load(p)(np.zeros(2, np.float32))

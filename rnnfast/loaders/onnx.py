@@ -700,7 +700,8 @@ class OnnxGraph:
             except errors.RnnfastError as exc:
                 msg = str(exc)
                 raise type(exc)(msg if msg.startswith(self.source) else f"{where}: {msg}") from exc
-            except (ValueError, IndexError, TypeError, KeyError) as exc:  # (AxisError is a ValueError)
+            # (AxisError is a ValueError; ArithmeticError: e.g. Squeeze of a 0-d tensor took an axis % 0)
+            except (ValueError, IndexError, TypeError, KeyError, ArithmeticError) as exc:
                 raise errors.ShapeError(f"{where}: {type(exc).__name__}: {exc}") from exc
             for name, val in zip(node["outputs"], res):
                 if name:
