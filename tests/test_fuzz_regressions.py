@@ -508,3 +508,70 @@ def test_onnx_squeeze_of_a_scalar_is_a_shape_error(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(p))
     with pytest.raises(errors.ShapeError, match="Squeeze"):
         load(p)(np.zeros(2, np.float32))
+
+
+def _corrupt_free_space(raw: bytes, value: int) -> bytes:
+    """The first global heap collection of an HDF5 file with its free-space object's size replaced."""
+    raw = bytearray(raw)
+    at = raw.find(b"GCOL")
+    assert at != -1, "no global heap collection: the file holds no variable-length string"
+    pos = at + 16
+    while int.from_bytes(raw[pos : pos + 2], "little") != 0:
+        pos += 16 + (int.from_bytes(raw[pos + 8 : pos + 16], "little") + 7) // 8 * 8
+    raw[pos + 8 : pos + 16] = value.to_bytes(8, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("free", [0, 2, 3584])
+def test_keras_corrupt_global_heap_does_not_hang(tmp_path, free):
+    """A corrupt free-space size in an HDF5 global heap makes libhdf5 spin forever when it reads the
+    variable-length `name` attribute Keras writes on every vars group (found by a 3000-example fuzz run; a
+    thread stuck in libhdf5 cannot be interrupted). The loader now checks the heaps on the raw bytes first."""
+    import subprocess
+    import sys
+
+    bad = _corrupt_free_space(_keras_weights_file(), free)
+    p = _write(tmp_path, "gcol.weights.h5", bad)
+    code = (
+        "import sys, rnnfast\n"
+        "try:\n"
+        f"    rnnfast.load(sys.argv[1], architecture={_DENSE_CFG!r})\n"
+        "except rnnfast.errors.FormatError as e:\n"
+        "    print('FormatError', e)\n"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120,
+                           cwd=root, env={**__import__("os").environ, "PYTHONPATH": root})
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a file with a corrupt HDF5 global heap hung")
+    assert r.stdout.startswith("FormatError") and "global heap" in r.stdout, r.stdout + r.stderr
+    archive = io.BytesIO()  # and inside a .keras archive
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("config.json", json.dumps(_DENSE_CFG))
+        z.writestr("model.weights.h5", bad)
+    with pytest.raises(errors.FormatError, match="global heap"):
+        load(_write(tmp_path, "gcol.keras", archive.getvalue()))
+
+
+def test_keras_many_strings_pass_the_global_heap_check():
+    """Valid files with many collections (written, deleted, rewritten) are not refused by the check."""
+    h5py = pytest.importorskip("h5py")
+    from rnnfast.loaders.keras import _check_global_heaps
+
+    rng = np.random.default_rng(0)
+    for libver in ("earliest", "latest"):
+        buf = io.BytesIO()
+        with h5py.File(buf, "w", libver=libver) as f:
+            for i in range(400):
+                f.create_group(f"g{i}").attrs["name"] = "x" * int(rng.integers(0, 200)) + str(i)
+            strings = np.array(["a" * int(rng.integers(0, 6000)) for _ in range(200)], dtype=object)
+            f.create_dataset("s", data=strings, dtype=h5py.string_dtype())
+            for i in range(0, 80, 7):
+                del f[f"g{i}"]
+                f[f"g{i + 1}"].attrs["name"] = "y" * int(rng.integers(0, 300))
+        raw = buf.getvalue()
+        assert raw.count(b"GCOL") > 10
+        _check_global_heaps(raw, "many.h5")
