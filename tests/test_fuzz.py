@@ -583,12 +583,57 @@ def test_fuzz_onnx(worker, onnx_seed, data):
     check_outcome(worker.load(raw, ".onnx"), raw, ".onnx")
 
 
+@st.composite
+def h5_mutation(draw, weights: bytes) -> bytes:
+    """Rewrite one dataset or attribute of a Keras weights file with h5py (the file stays valid HDF5)."""
+    h5py = pytest.importorskip("h5py")
+    buf = io.BytesIO(weights)
+    with h5py.File(buf, "r+") as f:
+        paths: list[str] = []
+        f.visititems(lambda name, obj: paths.append(name) if isinstance(obj, h5py.Dataset) else None)
+        groups: list[str] = []
+        f.visititems(lambda name, obj: groups.append(name) if isinstance(obj, h5py.Group) else None)
+        for _ in range(draw(st.integers(1, 3))):
+            op = draw(st.sampled_from(["shape", "dtype", "huge", "delete", "attr", "group"]))
+            if op in ("shape", "dtype", "huge", "delete") and paths:
+                p = draw(st.sampled_from(paths))
+                if p not in f:
+                    continue
+                old = f[p]
+                shape, dt = old.shape, old.dtype
+                if op == "dtype" and np.prod(shape, dtype=float) > 1e6:
+                    continue  # (made huge by an earlier step: np.zeros would allocate it here)
+                del f[p]
+                if op == "shape":
+                    f.create_dataset(p, data=np.zeros(tuple(draw(st.lists(st.integers(0, 9), max_size=3))), dt))
+                elif op == "dtype":
+                    kind = draw(st.sampled_from(["i4", "u1", "f2", "f8", "c8", "S3", "?"]))
+                    f.create_dataset(p, data=np.zeros(shape, kind))
+                elif op == "huge":  # declared, never written: nothing on disk
+                    big = tuple(draw(st.sampled_from([2**20, 2**31, 10**12])) for _ in shape or (1,))
+                    f.create_dataset(p, shape=big, dtype="f4", chunks=tuple(1 for _ in big))
+            elif op == "attr" and groups:
+                gname = draw(st.sampled_from(groups))
+                if gname not in f:
+                    continue  # (deleted by an earlier step)
+                g = f[gname]
+                g.attrs["name"] = draw(st.sampled_from([np.int64(3), b"\xff\xfe", "dense", "lstm", "", "x" * 10000,
+                                                        np.zeros(3)]))
+            elif op == "group" and groups:
+                name = draw(st.sampled_from(groups))
+                if name in f and draw(st.booleans()):
+                    del f[name]
+                else:
+                    f.require_group(name + "/vars")
+    return buf.getvalue()
+
+
 @fuzz_settings(300)
 @given(data=st.data())
 def test_fuzz_keras(worker, keras_seed, data):
     """.keras archives: the container, config.json (structured) and model.weights.h5 (bytes)."""
     raw, cfg, weights = keras_seed
-    target = data.draw(st.sampled_from(["zip", "config", "weights", "weights_file"]))
+    target = data.draw(st.sampled_from(["zip", "config", "weights", "weights_file", "datasets"]))
     if target == "zip":
         out, suffix, arch = data.draw(byte_mutations(raw)), ".keras", None
     elif target == "config":
@@ -596,6 +641,9 @@ def test_fuzz_keras(worker, keras_seed, data):
         suffix, arch = ".keras", None
     elif target == "weights":
         out = _rezip(raw, {"model.weights.h5": data.draw(byte_mutations(weights))})
+        suffix, arch = ".keras", None
+    elif target == "datasets":  # well-formed HDF5 that lies: shapes, dtypes, huge unwritten datasets, names
+        out = _rezip(raw, {"model.weights.h5": data.draw(h5_mutation(weights))})
         suffix, arch = ".keras", None
     else:  # a bare .weights.h5 plus a (possibly mutated) architecture
         out, suffix = data.draw(byte_mutations(weights)), ".weights.h5"
