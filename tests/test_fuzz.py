@@ -10,7 +10,7 @@ Loads run in a worker process (tests/fuzz_loader_worker.py) so that a crash insi
 pytest; each load has a time limit. The array entry points run in this process and are compared with
 the float64 NumPy reference (rnnfast.reference).
 
-Budget: the default numbers of examples keep this file at ~1-2 minutes on 2 cores (CI). Run longer with
+Budget: the default numbers of examples (400-3000 per test) keep this file at about a minute on 2 cores (CI). Run longer with
 ``RNNFAST_FUZZ_EXAMPLES=2000 python -m pytest -q tests/test_fuzz.py`` (examples per fuzz test).
 Crashing inputs are kept in ``$RNNFAST_FUZZ_CRASH_DIR`` (default: the system temp dir, rnnfast-fuzz-crashes).
 """
@@ -407,7 +407,7 @@ def test_oracle_reports_crashes_and_foreign_exceptions(worker):
     assert worker.load(b"x", ".safetensors")["outcome"] == "error"
 
 
-@fuzz_settings(600)
+@fuzz_settings(1200)
 @given(data=st.data())
 def test_fuzz_native_bytes(worker, native_seeds, data):
     seed = native_seeds[data.draw(st.integers(0, len(native_seeds) - 1))]
@@ -415,7 +415,7 @@ def test_fuzz_native_bytes(worker, native_seeds, data):
     check_outcome(worker.load(raw, ".safetensors"), raw, ".safetensors")
 
 
-@fuzz_settings(600)
+@fuzz_settings(1200)
 @given(data=st.data())
 def test_fuzz_native_header(worker, native_seeds, data):
     """Lying headers and architectures: shapes, dtypes, offsets, sizes, layer types and arguments."""
@@ -432,7 +432,7 @@ def test_fuzz_native_header(worker, native_seeds, data):
     check_outcome(worker.load(raw, ".safetensors"), raw, ".safetensors")
 
 
-@fuzz_settings(300)
+@fuzz_settings(600)
 @given(data=st.data(), raw=st.binary(max_size=512), suffix=st.sampled_from(
     [".safetensors", ".pt", ".onnx", ".keras", ".weights.h5", ".bin"]))
 def test_fuzz_random_bytes_any_format(worker, data, raw, suffix):
@@ -478,7 +478,7 @@ def pt_state_dicts(draw, arch_layer):
     return buf.getvalue()
 
 
-@fuzz_settings(200)
+@fuzz_settings(400)
 @given(data=st.data())
 def test_fuzz_pt_tensors(worker, pt_seed, data):
     """.pt state_dicts whose tensors lie (stride-0 views declaring terabytes, wrong shapes and dtypes)."""
@@ -487,7 +487,7 @@ def test_fuzz_pt_tensors(worker, pt_seed, data):
     check_outcome(worker.load(raw, ".pt", arch), raw, ".pt")
 
 
-@fuzz_settings(300)
+@fuzz_settings(600)
 @given(data=st.data())
 def test_fuzz_pt(worker, pt_seed, data):
     """.pt files: the zip container, and the pickle inside it (read with weights_only=True)."""
@@ -573,7 +573,7 @@ def onnx_mutation(draw, raw: bytes) -> bytes:
     return model.SerializeToString()
 
 
-@fuzz_settings(500)
+@fuzz_settings(1000)
 @given(data=st.data())
 def test_fuzz_onnx(worker, onnx_seed, data):
     if data.draw(st.booleans()):
@@ -628,7 +628,7 @@ def h5_mutation(draw, weights: bytes) -> bytes:
     return buf.getvalue()
 
 
-@fuzz_settings(300)
+@fuzz_settings(600)
 @given(data=st.data())
 def test_fuzz_keras(worker, keras_seed, data):
     """.keras archives: the container, config.json (structured) and model.weights.h5 (bytes)."""
@@ -738,7 +738,7 @@ def _make_layer(c, seed=0):
     return rnnfast.GRU(c["I"], c["H"], reset_after=c["mode"] == "GRU", **kw)
 
 
-@fuzz_settings(1500)
+@fuzz_settings(3000)
 @given(c=recurrent_case(), data=st.data())
 def test_fuzz_recurrent_layers(c, data):
     """RNN/LSTM/GRU __call__: random shapes (zeros included), dtypes, layouts, states and lengths.
@@ -892,7 +892,7 @@ def _real_or_bad(data, shape, nan_ok=True):
 _ATT_KINDS = ["dot", "scaled_dot", "general", "additive"]
 
 
-@fuzz_settings(800)
+@fuzz_settings(1600)
 @given(data=st.data(), kind=st.sampled_from(_ATT_KINDS), B=st.integers(0, 3), S=st.integers(0, 4),
        Tq=st.sampled_from([None, 0, 1, 3]), Dq=st.integers(1, 4), Dk=st.integers(1, 4), Dv=st.integers(1, 3))
 def test_fuzz_single_head_attention(data, kind, B, S, Tq, Dq, Dk, Dv):
@@ -963,7 +963,7 @@ def test_fuzz_single_head_attention(data, kind, B, S, Tq, Dq, Dk, Dv):
     assert_close(ctx, rc, what="context")
 
 
-@fuzz_settings(500)
+@fuzz_settings(1000)
 @given(data=st.data(), E_heads=st.sampled_from([(2, 1), (4, 2), (6, 3), (3, 3)]), B=st.integers(0, 3),
        L=st.integers(0, 3), S=st.integers(0, 4), bf=st.booleans(), unbatched=st.booleans())
 def test_fuzz_multihead_attention(data, E_heads, B, L, S, bf, unbatched):
@@ -1019,7 +1019,7 @@ def test_fuzz_multihead_attention(data, E_heads, B, L, S, bf, unbatched):
         assert w is None
 
 
-@fuzz_settings(500)
+@fuzz_settings(1000)
 @given(data=st.data(), B=st.integers(0, 2), L=st.integers(0, 3), S=st.integers(0, 3), P=st.integers(0, 2),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 2), (3, 2), (2, 0), (0, 1)]), Dk=st.integers(1, 3),
        Dv=st.integers(1, 3), three_d=st.booleans())
@@ -1094,7 +1094,7 @@ def _seq2seq(wiring: str, src_tokens: bool):
     )
 
 
-@fuzz_settings(400)
+@fuzz_settings(800)
 @given(data=st.data(), wiring=st.sampled_from(["none", "bahdanau", "luong"]), src_tokens=st.booleans(),
        B=st.integers(0, 3), S=st.integers(0, 4))
 def test_fuzz_seq2seq_decoding(data, wiring, src_tokens, B, S):
@@ -1157,7 +1157,7 @@ def test_fuzz_seq2seq_decoding(data, wiring, src_tokens, B, S):
         assert bs.tokens.shape[0] == B
 
 
-@fuzz_settings(500)
+@fuzz_settings(1000)
 @given(data=st.data(), shape=st.lists(st.integers(0, 3), min_size=0, max_size=3))
 def test_fuzz_embedding_linear_sequential(data, shape):
     """Embedding tokens (out of range, negative, float, bool, huge), Linear inputs, a Sequential with lengths."""
@@ -1231,7 +1231,7 @@ def _sd_owners():
     ]
 
 
-@fuzz_settings(500)
+@fuzz_settings(1000)
 @given(data=st.data(), which=st.integers(0, 10))
 def test_fuzz_load_state_dict(data, which):
     """load_state_dict with hostile mappings: missing/extra keys, wrong shapes, every dtype, lists, None,
