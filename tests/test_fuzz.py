@@ -10,7 +10,8 @@ Loads run in a worker process (tests/fuzz_loader_worker.py) so that a crash insi
 pytest; each load has a time limit. The array entry points run in this process and are compared with
 the float64 NumPy reference (rnnfast.reference).
 
-Budget: the default numbers of examples (400-3000 per test) keep this file at about a minute on 2 cores (CI). Run longer with
+Budget: the default numbers of examples (400-3000 per test) keep this file at about a minute on 2 cores
+(CI). Run longer with
 ``RNNFAST_FUZZ_EXAMPLES=2000 python -m pytest -q tests/test_fuzz.py`` (examples per fuzz test).
 Crashing inputs are kept in ``$RNNFAST_FUZZ_CRASH_DIR`` (default: the system temp dir, rnnfast-fuzz-crashes).
 """
