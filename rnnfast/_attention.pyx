@@ -366,7 +366,8 @@ def mha(q, k, v, int num_heads, bint batch_first, w_q, w_k, w_v, b_q, b_k, b_v, 
     a.m_sb = a.m_sh = 0
     if mask is not None:
         _need_f32(mask, "attn_mask", 4)
-        if mask.shape[2:] != (L, S) or mask.strides[2] != 4 * S:
+        # (an empty mask has arbitrary strides: refusing it made L = 0 or S = 0 an InternalError)
+        if mask.shape[2:] != (L, S) or (mask.size and mask.strides[2] != 4 * S):
             raise InternalError(f"attn_mask: expected (.., {L}, {S}) with contiguous rows, got {mask.shape}")
         a.mask = <const float *>_addr(mask)
         a.m_sb = 0 if mask.shape[0] == 1 else mask.strides[0] // 4

@@ -20,6 +20,7 @@ weights (B, [Tq,] S). Inputs may be float64 (converted to float32) or any array-
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,10 @@ def _threads(n_threads: int | None) -> int:
 
 def _f32(x: Any, name: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
     """x as a C-contiguous float32 array (float64 and ints are converted; others rejected)."""
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise DTypeError(f"{name}: expected a numeric array, got {type(x).__name__} ({exc})") from None
     if a.dtype.kind not in "fiub":
         raise DTypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
     if ndim is not None:
@@ -77,7 +81,11 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, n_threads: int |
 def _lengths(lengths: Any, B: int, S: int) -> np.ndarray | None:
     if lengths is None:
         return None
-    a = np.asarray(lengths)
+    try:
+        a = np.asarray(lengths)
+    except (ValueError, TypeError) as exc:
+        raise DTypeError(f"lengths: expected a 1-D array of integers, got {type(lengths).__name__} ({exc})") from None
+    # (np.mod on strings or objects raised a bare numpy TypeError)
     if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0)):
         raise DTypeError(f"lengths: expected integers, got dtype {a.dtype}")
     if a.shape != (B,):
@@ -150,6 +158,11 @@ class _SingleHeadAttention:
         return {k: v.copy() for k, v in self._state.items()}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        if not isinstance(state, Mapping):  # (None or an int leaked TypeError from `k in state`)
+            raise StateDictError(
+                f"{type(self).__name__}.load_state_dict: expected a mapping of names to arrays, "
+                f"got {type(state).__name__}"
+            )
         shapes = self._shapes()
         missing = [k for k in shapes if k not in state]
         unexpected = [k for k in state if k not in shapes]
@@ -162,7 +175,10 @@ class _SingleHeadAttention:
         for k, shape in shapes.items():
             if k not in state:
                 continue
-            a = np.asarray(state[k])
+            try:
+                a = np.asarray(state[k])
+            except (ValueError, TypeError) as exc:  # ragged nested lists
+                raise StateDictError(f"{k}: not an array ({exc})") from None
             if a.dtype.kind not in "fiu":
                 raise StateDictError(f"{k}: expected a numeric array, got dtype {a.dtype}")
             if a.shape != shape:
@@ -671,21 +687,27 @@ def onnx_attention(
     if three_d:
         if q_num_heads is None or kv_num_heads is None:
             raise ShapeError("q_num_heads/kv_num_heads: expected both for 3-D inputs, got None")
+        for nm, n in (("q_num_heads", q_num_heads), ("kv_num_heads", kv_num_heads)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ShapeError(f"{nm}: expected an integer >= 1, got {n!r}")
         B, L, hq_d = q.shape
         if hq_d % q_num_heads or k.shape[2] % kv_num_heads or v.shape[2] % kv_num_heads:
             raise ShapeError(
                 f"Q/K/V: expected hidden sizes divisible by the heads ({q_num_heads}, {kv_num_heads}), "
                 f"got {q.shape}, {k.shape}, {v.shape}"
             )
-        q4 = q.reshape(B, L, q_num_heads, -1).transpose(0, 2, 1, 3)
-        k = k.reshape(B, k.shape[1], kv_num_heads, -1).transpose(0, 2, 1, 3)
-        v = v.reshape(B, v.shape[1], kv_num_heads, -1).transpose(0, 2, 1, 3)
+        # explicit head sizes: reshape(..., -1) cannot infer a size when B, L or S is 0
+        q4 = q.reshape(B, L, q_num_heads, hq_d // q_num_heads).transpose(0, 2, 1, 3)
+        k = k.reshape(B, k.shape[1], kv_num_heads, k.shape[2] // kv_num_heads).transpose(0, 2, 1, 3)
+        v = v.reshape(B, v.shape[1], kv_num_heads, v.shape[2] // kv_num_heads).transpose(0, 2, 1, 3)
     else:
         q4 = q
     B, Hq, L, Dk = q4.shape
     if k.shape[0] != B or v.shape[0] != B or k.shape[3] != Dk or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise ShapeError(f"K/V: expected (B={B}, Hkv, S, Dk={Dk}) and (B, Hkv, S, Dv), got {k.shape}, {v.shape}")
     Hkv = k.shape[1]
+    if Hq < 1 or Hkv < 1:  # (Hq % 0 raised ZeroDivisionError)
+        raise ShapeError(f"heads: expected at least one query and one key/value head, got Q {q.shape}, K {k.shape}")
     if Hq % Hkv:
         raise ShapeError(f"heads: expected q heads ({Hq}) a multiple of kv heads ({Hkv})")
     past = 0

@@ -66,6 +66,9 @@ def _as_lengths(lengths: Any, B: int, T: int) -> np.ndarray:
         raise DTypeError(f"lengths: expected a 1-D array of integers, got {type(lengths).__name__} ({exc})") from None
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            if arr.shape == (B,) and (arr.min() < 0 or arr.max() > T):  # before a wrapping cast to int
+                bad = int(np.flatnonzero((arr < 0) | (arr > T))[0])
+                raise ShapeError(f"lengths[{bad}]: expected in [0, {T}] (T = {T}), got {arr[bad]:g}")
             arr = arr.astype(np.int64)
         elif arr.dtype.kind == "f" and arr.size == 0:
             arr = arr.astype(np.int64)

@@ -66,7 +66,10 @@ def _float_param(name: str, value: Any, shape: tuple[int, ...], owner: str) -> n
     arr = value
     if hasattr(arr, "detach"):  # a torch tensor
         arr = arr.detach().cpu().numpy()
-    arr = np.asarray(arr)
+    try:
+        arr = np.asarray(arr)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise errors.DTypeError(f"{owner}: parameter {name!r} is not an array ({exc})") from None
     if arr.dtype.kind != "f":
         raise errors.DTypeError(f"{owner}: parameter {name!r} must be a float array, got dtype {arr.dtype}")
     if tuple(arr.shape) != tuple(shape):
@@ -77,6 +80,10 @@ def _float_param(name: str, value: Any, shape: tuple[int, ...], owner: str) -> n
 
 
 def _check_keys(owner: str, expected: list[str], state: Mapping[str, Any], strict: bool) -> None:
+    if not isinstance(state, Mapping):  # (None or an int leaked TypeError from `k in state`)
+        raise errors.StateDictError(
+            f"{owner}.load_state_dict: expected a mapping of names to arrays, got {type(state).__name__}"
+        )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or (strict and unexpected):
@@ -91,7 +98,10 @@ def _check_keys(owner: str, expected: list[str], state: Mapping[str, Any], stric
 def _as_float32(x: Any, name: str = "x") -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise errors.DTypeError(f"{name}: expected a numeric array, got {type(x).__name__} ({exc})") from None
     if arr.dtype.kind not in "fiub":
         raise errors.DTypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -191,6 +201,9 @@ class Embedding(Layer):
         if idx.dtype.kind == "f":
             if not np.all(np.isfinite(idx)) or not np.all(idx == np.floor(idx)):
                 raise errors.DTypeError("Embedding: tokens must be integers, got non-integer float values")
+            if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):  # before a wrapping cast
+                bad = idx.min() if idx.min() < 0 else idx.max()
+                raise errors.ShapeError(f"Embedding: token index must be in [0, {self.num_embeddings}), got {bad:g}")
             idx = idx.astype(np.int64)
         elif idx.dtype.kind == "b" or idx.dtype.kind not in "iu":
             raise errors.DTypeError(f"Embedding: tokens must be an integer array, got dtype {idx.dtype}")
@@ -606,18 +619,29 @@ class Sequential:
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Keys are "<layer name>.<parameter>"; with strict, missing and unexpected keys raise."""
+        if not isinstance(state, Mapping):  # (dict() of a list or a string leaked TypeError/ValueError)
+            raise errors.StateDictError(
+                f"Sequential.load_state_dict: expected a mapping of names to arrays, got {type(state).__name__}"
+            )
         state = dict(state)
         expected = list(self.state_dict())
         _check_keys(
             "Sequential", expected, {k: v for k, v in state.items() if not is_optional_param(k)}, strict
         )
+        # all or nothing: a layer that refuses its weights puts back those already loaded (the model was
+        # left half old, half new behind the exception)
+        done: list[tuple[Any, dict]] = []
         for name, layer in self._layers.items():
             prefix = name + "."
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            old = layer.state_dict()
             try:
                 layer.load_state_dict(sub, strict=strict)
             except errors.RnnfastError as exc:
+                for prev, prev_state in reversed(done):
+                    prev.load_state_dict(prev_state)
                 raise type(exc)(f"layer {name!r}: {exc}") from exc
+            done.append((layer, old))
 
     def num_parameters(self) -> int:
         return int(sum(np.asarray(v).size for v in self.state_dict().values()))
@@ -730,6 +754,8 @@ def param_count_bound(cfg: Mapping[str, Any]) -> int:
     if not isinstance(cfg, Mapping):
         raise errors.FormatError(f"a layer config must be a dict, got {type(cfg).__name__}")
     t = cfg.get("type")
+    if not isinstance(t, str):  # (an unhashable type such as a list would leak a TypeError below)
+        raise errors.FormatError(f"a layer config must have a 'type' string, got {str(t)[:80]!r}")
     if t in RECURRENT_TYPES:
         I = _cfg_int(cfg, "input_size")
         H = _cfg_int(cfg, "hidden_size", minimum=1)

@@ -132,7 +132,9 @@ def multihead_attention(
         am = _additive_mask(attn_mask, True)
         bias = bias + (am if am.ndim == 2 else am.reshape(B, H, L, S))
     elif is_causal:
-        bias = bias + np.where(np.arange(S)[None, :] > np.arange(L)[:, None], -np.inf, 0.0)
+        # a causally hidden key is excluded, not added to: its score (even NaN) never reaches the softmax
+        # (torch's fused causal path; rnnfast's core does the same whatever need_weights)
+        e = np.where(np.arange(S)[None, :] > np.arange(L)[:, None], -np.inf, e)
     if key_padding_mask is not None:
         bias = bias + _additive_mask(key_padding_mask, True)[:, None, None, :]
     w = masked_softmax(e + bias)
@@ -174,9 +176,9 @@ def onnx_attention(
     three_d = Q.ndim == 3
     if three_d:
         B, L, _ = Q.shape
-        Q = Q.reshape(B, L, q_num_heads, -1).transpose(0, 2, 1, 3)
-        K = K.reshape(B, K.shape[1], kv_num_heads, -1).transpose(0, 2, 1, 3)
-        V = V.reshape(B, V.shape[1], kv_num_heads, -1).transpose(0, 2, 1, 3)
+        Q = Q.reshape(B, L, q_num_heads, Q.shape[2] // q_num_heads).transpose(0, 2, 1, 3)
+        K = K.reshape(B, K.shape[1], kv_num_heads, K.shape[2] // kv_num_heads).transpose(0, 2, 1, 3)
+        V = V.reshape(B, V.shape[1], kv_num_heads, V.shape[2] // kv_num_heads).transpose(0, 2, 1, 3)
     past = 0
     if past_key is not None:
         past = past_key.shape[2]
@@ -203,5 +205,5 @@ def onnx_attention(
     w = masked_softmax(e + bias)
     Y = w @ Vr
     if three_d:
-        Y = Y.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        Y = Y.transpose(0, 2, 1, 3).reshape(B, L, Y.shape[1] * Y.shape[3])
     return Y, K, V, w

@@ -45,7 +45,7 @@ from rnnfast.attention import (
     _lengths,
     _linear,
 )
-from rnnfast.errors import DTypeError, FormatError, ShapeError, StateDictError, UnsupportedError
+from rnnfast.errors import DTypeError, FormatError, OutOfMemoryError, ShapeError, StateDictError, UnsupportedError
 
 __all__ = ["DecodeResult", "Seq2Seq"]
 
@@ -58,6 +58,18 @@ class DecodeResult:
     lengths: np.ndarray
     scores: np.ndarray
     attention: np.ndarray | None = None
+
+
+_MAX_LEN = 2**31 - 1  # the C decoding loop counts steps in an int
+
+
+def _int_arg(value: Any, name: str) -> int:
+    """A Python int from an integer (or a whole float); DTypeError naming the argument otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise DTypeError(f"{name}: expected an integer, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not (np.isfinite(value) and value == int(value)):
+        raise DTypeError(f"{name}: expected an integer, got {value!r}")
+    return int(value)
 
 
 def _np(x: Any) -> np.ndarray | None:
@@ -224,17 +236,31 @@ class Seq2Seq:
             problems.append("missing: " + ", ".join(missing))
         new = {}
         for n, v in arrays.items():
-            a = np.asarray(_np(v))
+            try:
+                a = np.asarray(_np(v))
+            except (ValueError, TypeError) as exc:  # ragged nested lists
+                problems.append(f"{n}: not an array ({exc})")
+                continue
             if a.dtype.kind not in "fiu" or a.shape != getattr(self, n).shape:
                 problems.append(f"{n}: expected shape {getattr(self, n).shape} of reals, got {a.shape} {a.dtype}")
             else:
                 new[n] = np.ascontiguousarray(a, dtype=np.float32)
         if problems:
             raise StateDictError("Seq2Seq.load_state_dict: " + "; ".join(problems))
-        self.encoder.load_state_dict(parts["encoder"], strict)
-        self.decoder.load_state_dict(parts["decoder"], strict)
+        # all or nothing: a part that refuses its weights puts back the parts already loaded
+        subs = [(self.encoder, "encoder"), (self.decoder, "decoder")]
         if self.attention is not None:
-            self.attention.load_state_dict(parts["attention"], strict)
+            subs.append((self.attention, "attention"))
+        done: list[tuple[Any, dict]] = []
+        for part, key in subs:
+            old = part.state_dict()
+            try:
+                part.load_state_dict(parts[key], strict)
+            except Exception:
+                for prev, prev_state in reversed(done):
+                    prev.load_state_dict(prev_state)
+                raise
+            done.append((part, old))
         for n, a in new.items():
             setattr(self, n, a)
 
@@ -406,7 +432,16 @@ class Seq2Seq:
         return logits, (h, c), feed, w
 
     def _start(self, start_token: Any, B: int) -> np.ndarray:
-        y = np.broadcast_to(np.asarray(start_token), (B,)).astype(np.int64)
+        a = np.asarray(start_token)
+        whole = a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))
+        if a.dtype.kind not in "iu" and not whole:
+            raise DTypeError(f"start_token: expected integer ids, got {start_token!r}")
+        if a.dtype.kind == "f" and a.size and np.max(np.abs(a)) >= 2**62:
+            raise ShapeError(f"start_token: expected ids in [0, {self.embedding.shape[0]}), got {start_token}")
+        try:
+            y = np.broadcast_to(a, (B,)).astype(np.int64)
+        except ValueError:
+            raise ShapeError(f"start_token: expected one id or ({B},) ids, got shape {a.shape}") from None
         if y.size and (y.min() < 0 or y.max() >= self.embedding.shape[0]):
             raise ShapeError(f"start_token: expected ids in [0, {self.embedding.shape[0]}), got {start_token}")
         return y
@@ -414,7 +449,7 @@ class Seq2Seq:
     def _check_end(self, end_token: Any) -> int:
         if end_token is None:
             return -1
-        e = int(end_token)
+        e = _int_arg(end_token, "end_token")
         if not 0 <= e < self.vocab_size:
             raise ShapeError(f"end_token: expected an id in [0, {self.vocab_size}), got {end_token}")
         return e
@@ -436,14 +471,22 @@ class Seq2Seq:
         sum of log-probabilities of the chosen tokens, attention (B, T, S) if asked and attention is on).
 
         ``use_c=False`` forces the Python step loop (the C loop gives the same tokens)."""
-        if int(max_len) < 0:
-            raise ShapeError(f"max_len: expected >= 0, got {max_len}")
+        max_len = _int_arg(max_len, "max_len")
+        if not 0 <= max_len <= _MAX_LEN:
+            raise ShapeError(f"max_len: expected in [0, {_MAX_LEN}], got {max_len}")
         end = self._check_end(end_token)
         mem, state, B, S = self.encode(src, src_lengths)
         y = self._start(start_token, B)
         if use_c and self.c_supported():
-            return self._greedy_c(mem, state, y, int(max_len), end, bool(return_attention))
-        return self._greedy_python(mem, state, y, int(max_len), end, return_attention, B, S)
+            try:  # the C loop's outputs are allocated for max_len steps up front
+                return self._greedy_c(mem, state, y, max_len, end, bool(return_attention))
+            except MemoryError as exc:
+                if isinstance(exc, OutOfMemoryError):
+                    raise
+                raise OutOfMemoryError(
+                    f"greedy: cannot allocate the outputs of {B} sequences x max_len={max_len} steps"
+                ) from exc
+        return self._greedy_python(mem, state, y, max_len, end, return_attention, B, S)
 
     def c_supported(self) -> bool:
         """Whether greedy decoding can run its loop in C (PyTorch-semantics decoder cells, the four
@@ -527,27 +570,32 @@ class Seq2Seq:
 
     def _greedy_python(self, mem, state, y, max_len, end, return_attention, B, S) -> DecodeResult:
         feed = np.zeros((B, self.feed_size), np.float32) if self.input_feeding else None
-        tokens = np.full((B, max_len), end, np.int64)
+        # outputs grow with the steps actually run (max_len is only a bound: nothing is allocated for it)
+        cols: list[np.ndarray] = []
+        att_cols: list[np.ndarray] = []
+        want_attn = return_attention and self.attention is not None
         lengths = np.zeros(B, np.int64)
         scores = np.zeros(B, np.float64)
-        attn = np.zeros((B, max_len, S), np.float32) if return_attention and self.attention is not None else None
         alive = np.ones(B, bool)
-        T = 0
-        for t in range(max_len):
+        for _ in range(max_len):
             if not alive.any():
                 break
             logits, state, feed, w = self._step(y, state, feed, mem)
             y = np.argmax(logits, axis=1)
             lse = _logsumexp(logits)
-            tokens[alive, t] = y[alive]
+            cols.append(np.where(alive, y, end).astype(np.int64))
             scores[alive] += (logits[np.arange(B), y] - lse)[alive]
             lengths[alive] += 1
-            if attn is not None:
-                attn[alive, t] = w[alive]
+            if want_attn:
+                att_cols.append(np.where(alive[:, None], w, 0.0).astype(np.float32))
             if end >= 0:
                 alive &= y != end
-            T = t + 1
-        return DecodeResult(tokens[:, :T], lengths, scores, None if attn is None else attn[:, :T])
+        T = len(cols)
+        tokens = np.stack(cols, axis=1) if T else np.full((B, 0), end, np.int64)
+        attn = None
+        if want_attn:
+            attn = np.stack(att_cols, axis=1) if T else np.zeros((B, 0, S), np.float32)
+        return DecodeResult(tokens, lengths, scores, attn)
 
     # ------------------------------------------------------------------------------------------------
     # beam search
@@ -569,12 +617,13 @@ class Seq2Seq:
         Returns the best hypothesis per source as a DecodeResult (scores = normalised scores), or with
         n_best > 1 a list (per source) of up to n_best DecodeResults of one row each, best first.
         """
-        K = int(beam_size)
+        K = _int_arg(beam_size, "beam_size")
         if K < 1:
             raise ShapeError(f"beam_size: expected >= 1, got {beam_size}")
-        if int(max_len) < 1:
+        max_len = _int_arg(max_len, "max_len")
+        if max_len < 1:
             raise ShapeError(f"max_len: expected >= 1, got {max_len}")
-        n_best = int(n_best)
+        n_best = _int_arg(n_best, "n_best")
         if not 1 <= n_best <= K:
             raise ShapeError(f"n_best: expected in [1, {K}], got {n_best}")
         end = self._check_end(end_token)

@@ -23,9 +23,10 @@ def assert_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
     same_inf = np.isinf(actual) & (actual == expected)
     bad &= ~(both_nan | same_inf)
     if bad.any():
-        idx = np.unravel_index(np.nanargmax(np.where(bad, err, -1.0)), err.shape)
+        score = np.where(bad, np.nan_to_num(err, nan=np.inf), -1.0)  # a NaN on one side only is the worst error
+        idx = np.unravel_index(np.argmax(score), err.shape)
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.size} elements differ; max error {np.nanmax(np.where(bad, err, 0)):.3g} "
+            f"{what}: {int(bad.sum())} of {bad.size} elements differ; max error {score[idx]:.3g} "
             f"at {tuple(int(i) for i in idx)}: got {actual[idx]!r}, expected {expected[idx]!r}"
         )
 

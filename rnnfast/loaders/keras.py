@@ -473,8 +473,63 @@ def _zip_member(z: zipfile.ZipFile, name: str, path: str, limit: int | None) -> 
     return data
 
 
+def _check_global_heaps(buf: Any, path: str) -> None:
+    """Refuse an HDF5 file whose global heap collections do not add up.
+
+    Variable-length strings (the ``name`` attribute Keras writes on every ``vars`` group) live in global
+    heap collections ("GCOL", HDF5 spec III.E): a 16-byte header with the collection size, then objects
+    (16-byte header + data padded to 8 bytes) up to a free-space object (index 0) whose size is the rest
+    of the collection. With a corrupt free-space size libhdf5 spins forever when it dereferences such a
+    string (found by fuzzing), and nothing can interrupt it: the chain is checked here, on the raw bytes,
+    before h5py touches the file. ``buf`` supports ``find`` and slicing (bytes, memoryview, mmap).
+    """
+    n = len(buf)
+    at = buf.find(b"GCOL")
+    while at != -1:
+        head = bytes(buf[at : at + 16])
+        # version 1, 3 reserved zero bytes, size >= 4096 (HDF5's minimum): anything else is not a collection
+        if len(head) == 16 and head[4] == 1 and head[5:8] == b"\0\0\0":
+            size = int.from_bytes(head[8:16], "little")
+            if size >= 4096:
+                if at + size > n:
+                    raise errors.FormatError(f"{path}: corrupt HDF5 global heap at byte {at}: extends past the file")
+                pos = 16
+                while True:
+                    if size - pos < 16:
+                        break  # objects fill the collection (too little left for a free-space object)
+                    obj = bytes(buf[at + pos : at + pos + 16])
+                    index, osize = int.from_bytes(obj[0:2], "little"), int.from_bytes(obj[8:16], "little")
+                    if index == 0:  # free space: the rest of the collection
+                        if osize != size - pos:
+                            raise errors.FormatError(
+                                f"{path}: corrupt HDF5 global heap at byte {at}: free space of {osize} bytes, "
+                                f"expected {size - pos}"
+                            )
+                        break
+                    step = 16 + (osize + 7) // 8 * 8
+                    if step > size - pos:
+                        raise errors.FormatError(
+                            f"{path}: corrupt HDF5 global heap at byte {at}: object {index} of {osize} bytes "
+                            "overruns the collection"
+                        )
+                    pos += step
+        at = buf.find(b"GCOL", at + 4)
+
+
 def _open_h5(source: Any, path: str):
     h5py = _h5py()
+    try:
+        if isinstance(source, io.BytesIO):
+            _check_global_heaps(source.getbuffer().tobytes(), path)
+        else:
+            import mmap
+
+            with open(source, "rb") as f:
+                if os.fstat(f.fileno()).st_size:
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                        _check_global_heaps(mm, path)
+    except OSError as exc:
+        raise errors.FormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
         return h5py.File(source, "r")
     except Exception as exc:
@@ -519,6 +574,8 @@ def _guard(fn: Callable[[], Any], path: str) -> Any:
         raise errors.FormatError(f"{path}: config nested too deeply") from exc
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         raise errors.FormatError(f"{path}: malformed Keras model: {type(exc).__name__}: {exc}") from exc
+    except RuntimeError as exc:  # h5py's error for a corrupt HDF5 structure met while walking the file
+        raise errors.FormatError(f"{path}: corrupt HDF5 weights: {exc}") from exc
 
 
 def load_keras_weights(path: str | os.PathLike, architecture: Any = None) -> M.Sequential:

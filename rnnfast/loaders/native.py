@@ -230,7 +230,7 @@ class SafetensorsFile:
             if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
                 raise self._err(f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
             dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-            if dt not in _DTYPES:
+            if not isinstance(dt, str) or dt not in _DTYPES:  # (a list would leak a TypeError)
                 raise self._err(f"tensor {name!r}: unknown dtype {dt!r} (known: {', '.join(_DTYPES)})")
             if (
                 not isinstance(shape, list)

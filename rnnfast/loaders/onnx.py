@@ -139,8 +139,18 @@ def recurrent_layer(
 ) -> Any:
     """One ONNX RNN/LSTM/GRU node's weights and attributes -> an rnnfast layer (or Reversed(layer)).
 
-    The layer takes batch-first input when the node's layout is 1.
+    The layer takes batch-first input when the node's layout is 1. An attribute of the wrong type (a
+    string hidden_size, an int activations...) raises FormatError naming the node.
     """
+    try:
+        return _recurrent_layer(op, attrs, W, R, B, P, where)
+    except errors.RnnfastError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise errors.FormatError(f"{where}: malformed {op} attributes: {type(exc).__name__}: {exc}") from exc
+
+
+def _recurrent_layer(op, attrs, W, R, B, P, where):
     core = M._core()
     direction = attrs.get("direction", "forward")
     if isinstance(direction, bytes):
@@ -690,7 +700,8 @@ class OnnxGraph:
             except errors.RnnfastError as exc:
                 msg = str(exc)
                 raise type(exc)(msg if msg.startswith(self.source) else f"{where}: {msg}") from exc
-            except (ValueError, IndexError, TypeError, KeyError, np.AxisError) as exc:
+            # (AxisError is a ValueError; ArithmeticError: e.g. Squeeze of a 0-d tensor took an axis % 0)
+            except (ValueError, IndexError, TypeError, KeyError, ArithmeticError) as exc:
                 raise errors.ShapeError(f"{where}: {type(exc).__name__}: {exc}") from exc
             for name, val in zip(node["outputs"], res):
                 if name:
@@ -853,11 +864,17 @@ class OnnxGraph:
 # --------------------------------------------------------------------------------------------------
 # reading .onnx files
 # --------------------------------------------------------------------------------------------------
+def _text(v: Any) -> str:
+    """A protobuf string field as str: protobuf hands back bytes when a (hostile) field is not valid UTF-8,
+    which then broke joins, comparisons and JSON. backslashreplace keeps distinct names distinct."""
+    return v if isinstance(v, str) else bytes(v).decode("utf-8", "backslashreplace")
+
+
 def _tensor_to_numpy(t: Any, path: str, file_size: int) -> np.ndarray:
     onnx = _onnx()
     from onnx import numpy_helper
 
-    where = f"{path}: tensor {t.name!r}"
+    where = f"{path}: tensor {_text(t.name)!r}"
     dims = list(t.dims)
     if any(d < 0 for d in dims):
         raise errors.FormatError(f"{where}: negative dimension in {dims}")
@@ -904,7 +921,7 @@ def _attr_value(a: Any, node_out: str, extra: dict, path: str, file_size: int) -
     if a.type == A.STRINGS:
         return [s.decode("utf-8", "replace") for s in a.strings]
     if a.type == A.TENSOR:
-        name = f"{node_out}::{a.name}"
+        name = f"{node_out}::{_text(a.name)}"
         extra[name] = _tensor_to_numpy(a.t, path, file_size)
         return {"__tensor__": name}
     raise errors.UnsupportedError(f"{path}: attribute {a.name!r} of type {A.AttributeType.Name(a.type)}")
@@ -915,12 +932,14 @@ def _value_info(vi: Any) -> dict:
     dt = _ONNX_DTYPES.get(tt.elem_type)
     if dt is None:
         raise errors.UnsupportedError(
-            f"graph input {vi.name!r} has an unsupported element type {tt.elem_type}"
+            f"graph input {_text(vi.name)!r} has an unsupported element type {tt.elem_type}"
         )
     shape = None
     if tt.HasField("shape"):
-        shape = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-    return {"name": vi.name, "dtype": np.dtype(dt).name, "shape": shape}
+        shape = [
+            int(d.dim_value) if d.HasField("dim_value") else (_text(d.dim_param) or None) for d in tt.shape.dim
+        ]
+    return {"name": _text(vi.name), "dtype": np.dtype(dt).name, "shape": shape}
 
 
 def read_model(path: str | os.PathLike) -> Any:
@@ -938,7 +957,7 @@ def read_model(path: str | os.PathLike) -> Any:
     base = os.path.dirname(os.path.abspath(path))
     external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     for t in external:
-        info = {e.key: e.value for e in t.external_data}
+        info = {_text(e.key): _text(e.value) for e in t.external_data}
         loc = info.get("location", "")
         full = os.path.realpath(os.path.join(base, loc))
         if not loc or os.path.isabs(loc) or not full.startswith(os.path.realpath(base) + os.sep):
@@ -947,7 +966,12 @@ def read_model(path: str | os.PathLike) -> Any:
             )
         if not os.path.isfile(full):
             raise errors.FormatError(f"{path}: tensor {t.name!r}: external data file {loc!r} not found")
-        need = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        try:
+            need = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        except ValueError:
+            raise errors.FormatError(
+                f"{path}: tensor {_text(t.name)!r}: external data offset/length are not integers"
+            ) from None
         if need > os.path.getsize(full):
             raise errors.FormatError(
                 f"{path}: tensor {t.name!r}: external data {loc!r} is shorter than declared"
@@ -972,54 +996,57 @@ def graph_from_model(model: Any, path: str, check: bool = True) -> OnnxGraph:
     g = model.graph
     inits: dict[str, np.ndarray] = OrderedDict()
     for t in g.initializer:
-        inits[t.name] = _tensor_to_numpy(t, path, file_size)
+        inits[_text(t.name)] = _tensor_to_numpy(t, path, file_size)
     nodes = []
     unsupported = Counter()
     for i, n in enumerate(g.node):
-        name = n.name or f"{n.op_type}_{i}"
-        out0 = n.output[0] if n.output else name
-        if n.domain not in ("", "ai.onnx"):
-            unsupported[f"{n.domain}.{n.op_type}"] += 1
+        op, domain = _text(n.op_type), _text(n.domain)
+        ins, outs = [_text(v) for v in n.input], [_text(v) for v in n.output]
+        name = _text(n.name) or f"{op}_{i}"
+        out0 = outs[0] if outs else name
+        if domain not in ("", "ai.onnx"):
+            unsupported[f"{domain}.{op}"] += 1
             continue
-        if n.op_type == "Constant":
+        if op == "Constant":
             if not n.attribute:
                 raise errors.FormatError(f"{path}: Constant node {name!r} without a value")
             a = n.attribute[0]
             extra: dict = {}
             v = _attr_value(a, out0, extra, path, file_size)
-            if a.name == "value":
+            A = _onnx().AttributeProto
+            aname = _text(a.name)
+            want = {"value": A.TENSOR, "value_float": A.FLOAT, "value_floats": A.FLOATS, "value_int": A.INT,
+                    "value_ints": A.INTS}.get(aname)
+            if want is not None and a.type != want:  # (a mistyped value leaked TypeError/ValueError)
+                raise errors.FormatError(
+                    f"{path}: Constant node {name!r}: attribute {aname!r} has type "
+                    f"{A.AttributeType.Name(a.type) if a.type in A.AttributeType.values() else a.type}"
+                )
+            if aname == "value":
                 val = extra[v["__tensor__"]]
-            elif a.name in ("value_float", "value_floats"):
+            elif aname in ("value_float", "value_floats"):
                 val = np.array(v, dtype=np.float32)
-            elif a.name in ("value_int", "value_ints"):
+            elif aname in ("value_int", "value_ints"):
                 val = np.array(v, dtype=np.int64)
             else:
-                raise errors.UnsupportedError(f"{path}: Constant node {name!r} with {a.name}")
+                raise errors.UnsupportedError(f"{path}: Constant node {name!r} with {aname}")
             inits[out0] = val
             continue
         attrs = {}
         try:
             for a in n.attribute:
-                attrs[a.name] = _attr_value(a, out0, inits, path, file_size)
+                attrs[_text(a.name)] = _attr_value(a, out0, inits, path, file_size)
         except errors.UnsupportedError:
-            unsupported[n.op_type] += 1
+            unsupported[op] += 1
             continue
-        if n.op_type not in SUPPORTED_OPS:
-            unsupported[n.op_type] += 1
-        nodes.append(
-            {
-                "op": n.op_type,
-                "name": name,
-                "inputs": list(n.input),
-                "outputs": list(n.output),
-                "attrs": attrs,
-            }
-        )
+        if op not in SUPPORTED_OPS:
+            unsupported[op] += 1
+        nodes.append({"op": op, "name": name, "inputs": ins, "outputs": outs, "attrs": attrs})
     if check and unsupported:
         listing = ", ".join(f"{op} (x{c})" if c > 1 else op for op, c in sorted(unsupported.items()))
         raise errors.UnsupportedError(f"{path}: the graph uses ops rnnfast does not run: {listing}")
-    inputs = [_value_info(vi) for vi in g.input if vi.name not in inits]
-    outputs = [o.name for o in g.output]
+    inputs = [_value_info(vi) for vi in g.input if _text(vi.name) not in inits]
+    outputs = [_text(o.name) for o in g.output]
     return OnnxGraph(nodes, inputs, outputs, inits, opset, source=path, check=check)
 
 

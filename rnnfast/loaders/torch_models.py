@@ -178,6 +178,14 @@ def read_pt_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise errors.FormatError(
                 f"{path}: expected a state_dict (str -> tensor), entry {k!r} is {type(v).__name__}"
             )
+        # a view may declare more elements than its storage holds (stride 0: a 2 KB file can describe a
+        # 4 TiB tensor that to_numpy() would materialise): refuse it before anything is copied
+        need, have = v.numel() * v.element_size(), v.untyped_storage().nbytes()
+        if need > have:
+            raise errors.FormatError(
+                f"{path}: tensor {k!r} declares shape {tuple(v.shape)} ({need} bytes) but its storage holds "
+                f"only {have} bytes (a broadcast or overlapping view: lying or hostile file)"
+            )
         out[k] = v
     return out
 
