@@ -182,8 +182,8 @@ static void rf__attn_row(const rf_attn_args *a, int b, int t)
     rf__softmax_row(w, S);
     for (int d = 0; d < Dv; ++d) c[d] = 0.0f;
     for (int s = 0; s < S; ++s) {
-        const float ws = w[s];
-        if (ws == 0.0f) continue;
+        if (s >= len || (mk && !mk[s])) continue; /* a masked value never reaches the context, even NaN */
+        const float ws = w[s]; /* 0 after underflow still multiplies: 0 * NaN = NaN, as in torch */
         const float *vs = val + (size_t)s * Dv;
 #pragma omp simd
         for (int d = 0; d < Dv; ++d) c[d] += ws * vs[d];

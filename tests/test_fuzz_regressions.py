@@ -575,3 +575,32 @@ def test_keras_many_strings_pass_the_global_heap_check():
         raw = buf.getvalue()
         assert raw.count(b"GCOL") > 10
         _check_global_heaps(raw, "many.h5")
+
+
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+def test_nan_value_behind_an_underflowed_weight_reaches_the_context(kind):
+    # Found by test_fuzz_single_head_attention: the key's weight exp(-99) underflows to 0 in the core's
+    # exp (torch keeps the subnormal 9e-44), and the context loop skipped zero weights, so a NaN value
+    # vanished where torch and the reference give NaN. Only masked keys are skipped now.
+    from rnnfast import reference_attention as RA
+    from rnnfast.attention import AdditiveAttention, DotAttention
+
+    q = np.array([[-6.688]], np.float32)
+    k = np.array([[[-7.92], [6.895]]], np.float32)
+    if kind == "additive":  # a steep score: v . tanh(Wq q + Wk k) spans ~100 over the two keys
+        layer = AdditiveAttention(1, 1, 1, bias=False, seed=0)
+        layer.load_state_dict({"query_weight": np.ones((1, 1), np.float32), "key_weight": np.ones((1, 1), np.float32),
+                               "v": np.array([100.0], np.float32)})
+        k = np.array([[[8.0], [-8.0]]], np.float32)
+    else:
+        layer = DotAttention()
+    v = np.array([[[2.0, -3.0], [np.nan, 5.0]]], np.float32)
+    ctx, w = layer(q, k, v)
+    with np.errstate(all="ignore"):
+        rc, rw = RA.attention(kind, q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                              layer.state_dict())
+    assert 0 <= w[0, 1] < 1e-30 and rw[0, 1] < 1e-30
+    assert np.isnan(rc[0, 0]) and np.isnan(ctx[0, 0])
+    np.testing.assert_allclose(ctx[0, 1], rc[0, 1], rtol=1e-5)
+    masked, _ = layer(q, k, v, mask=np.array([[True, False]]))  # masked: the NaN stays out
+    np.testing.assert_allclose(masked[0], [2.0, -3.0])
