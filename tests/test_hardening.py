@@ -199,9 +199,17 @@ def test_calls_release_the_gil_and_overlap():
 
 
 def test_results_do_not_depend_on_thread_count():
-    """Every model of the mix, fast and BLAS paths, attention and MHA: 1 and 2 threads give the same bits."""
+    """Every model of the mix, fast and BLAS paths, attention and MHA: 1 and 2 threads give the same bits;
+    also GEMMs large enough for SciPy's OpenBLAS to split them across its threads (LSTM projections at
+    batch 64, multi-head attention with E=256): it splits rows and columns, never a dot product."""
     models = _models()
     jobs = _jobs(models, 45, seed=11)
+    rng = np.random.default_rng(12)
+    big = rnnfast.LSTM(96, 512, proj_size=128, bidirectional=True, seed=0)
+    xb, lb = rng.standard_normal((20, 64, 96)).astype(np.float32), rng.integers(0, 21, size=64)
+    mha = rnnfast.MultiheadAttention(256, 8, seed=1)
+    qb = rng.standard_normal((50, 16, 256)).astype(np.float32)
+    jobs += [("lstm_proj_b64", lambda: big(xb, lengths=lb)), ("mha_e256", lambda: mha(qb, qb, qb))]
     old = rnnfast.get_num_threads()
     try:
         rnnfast.set_num_threads(1)
