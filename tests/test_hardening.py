@@ -338,16 +338,37 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _c_heap_in_use():
+    """Bytes malloc has handed out and not got back (glibc's mallinfo2: uordblks + hblkhd), or None.
+    Unlike the RSS, a C leak cannot hide in free heap space left by earlier tests."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
+
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = Mallinfo2
+    m = fn()
+    return m.uordblks + m.hblkhd
+
+
 @measures_memory
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
 def test_no_memory_growth_over_100k_calls():
     """100,000 small calls: streaming LSTM/GRU steps carrying state, an RNN with lengths, calls rejected
     with ShapeError, and every 10th call attention (every 50th multi-head attention, every 100th a training
     forward + backward; these cost ~0.1-0.6 ms each under tracemalloc). After a warm-up, Python allocations
-    (tracemalloc, which also sees NumPy's buffers) may grow by at most 256 KiB and the resident set by at most
-    8 MiB: a leak of >= 3 bytes per call (Python) or >= 84 bytes per call (C heap: the core's workspace is
-    malloc'd, tracemalloc does not see it) would exceed that. The slack is for allocator and interpreter
-    caches, which stop growing after the warm-up."""
+    (tracemalloc, which also sees NumPy's buffers) may grow by at most 256 KiB, the C heap in use (glibc's
+    mallinfo2; the core's workspace is malloc'd and tracemalloc does not see it) by at most 1 MiB and the
+    resident set by at most 8 MiB: a leak of >= 3 bytes per call (Python) or >= 11 bytes per call (C heap)
+    would exceed that. The slack is for allocator and interpreter caches, which stop growing after the
+    warm-up."""
     from rnnfast import train
 
     rng = np.random.default_rng(0)
@@ -386,10 +407,11 @@ def test_no_memory_growth_over_100k_calls():
     try:
         for i in range(2000):  # warm up tracemalloc's own tables too
             one(i)
-        before, rss0 = tracemalloc.take_snapshot(), _rss_bytes()
+        before, rss0, heap0 = tracemalloc.take_snapshot(), _rss_bytes(), _c_heap_in_use()
         for i in range(100_000):
             one(i)
-        after, rss1 = tracemalloc.take_snapshot(), _rss_bytes()
+        heap1, rss1 = _c_heap_in_use(), _rss_bytes()
+        after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
     stats = after.compare_to(before, "lineno")
@@ -397,6 +419,8 @@ def test_no_memory_growth_over_100k_calls():
     top = "\n".join(str(s) for s in stats[:5])
     assert grown < 256 * 1024, f"Python allocations grew by {grown} bytes over 100k calls:\n{top}"
     assert rss1 - rss0 < 8 * 1024 * 1024, f"RSS grew by {(rss1 - rss0) / 2**20:.1f} MiB over 100k calls"
+    if heap0 is not None:
+        assert heap1 - heap0 < 1024 * 1024, f"malloc'd memory in use grew by {heap1 - heap0} bytes over 100k calls"
     assert np.all(np.isfinite(state["lstm"][0])) and np.all(np.isfinite(state["gru"]))
 
 
