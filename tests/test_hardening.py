@@ -253,7 +253,7 @@ CHILD_SCRIPT = textwrap.dedent(
     [t.join() for t in ts]
     assert not bad, bad
 
-    # a raw fork() taken while other threads are inside C calls (and an OpenMP team exists)
+    # a raw fork() taken while 3 other threads keep calling the core (and OpenMP teams exist)
     busy = threading.Event()
     def spin():
         while not busy.is_set():
@@ -287,7 +287,7 @@ CHILD_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("omp", [None, "1", "2"])
 def test_fresh_process_threads_fork_and_omp_num_threads(omp, tmp_path):
     """In a new process with OMP_NUM_THREADS unset, 1 or 2: the default thread count follows it, 8 threads
-    agree with serial calls, a raw fork() taken while 3 threads are inside C computes the same bits in the
+    agree with serial calls, a raw fork() taken while 3 threads keep calling the core computes the same bits in the
     child (on 1 thread), a multiprocessing 'fork' pool does too; and every result equals this process's
     bit for bit (run to run and across thread counts). A hang fails by the subprocess timeout."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
