@@ -27,7 +27,7 @@ else:
     macros.append(("NDEBUG", "1"))
 if os.environ.get("RNNFAST_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-    compile_args += san + ["-g"]
+    compile_args += san + ["-g", "-O1"]  # -O1 (after -O3): what ASan recommends; builds ~3x faster
     link_args += san
 if os.environ.get("RNNFAST_WERROR"):
     compile_args.append("-Werror")

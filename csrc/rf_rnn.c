@@ -5,7 +5,9 @@
  *                 G=gates D=directions L=layers; Hout = P; "row" = one (t, b) pair.
  *
  * Per (layer, direction):
- *   1. gx = X W_ih^T for all T*B rows at once (one GEMM, bias fused into the pointwise kernel).
+ *   1. gx = X W_ih^T for all T*B rows at once (one GEMM, bias fused into the pointwise kernel), or, when
+ *      that would exceed RF_GEN_GX_FLOATS (long sequences), for chunks of Tc steps at a time, so the
+ *      workspace does not grow with T (gen_chunk, project_chunk).
  *   2. Rows are visited in order of decreasing length (perm), so at step s the active sequences are a
  *      prefix of nact rows: the recurrent GEMM hh = h W_hh^T runs on nact rows only.
  *      The forward direction reads time t = s, the reverse one t = len[b] - 1 - s.
@@ -72,7 +74,7 @@ rf_status rf_rnn_check_desc(const rf_rnn_desc *d, char *err) {
 
 /* Workspace of the whole stack. Carved identically by size query and by forward. */
 typedef struct {
-    float *gx;      /* (T*B, G*H) input projections of the current (layer, dir) */
+    float *gx;      /* (Tc*B, G*H) input projections of the current (layer, dir); Tc = gen_chunk() */
     float *hh;      /* (B, G*H) recurrent projections */
     float *h;       /* (B, P) state, rows in perm order */
     float *c;       /* (B, H) LSTM cell state, perm order */
@@ -82,11 +84,22 @@ typedef struct {
     int32_t *len;   /* (B) lengths in perm order */
 } rf_ws;
 
+/* The generic path keeps the input projections of all T*B rows when they fit in RF_GEN_GX_FLOATS (one
+ * GEMM, as always), else of Tc steps at a time: 8 MB, independent of T. */
+#define RF_GEN_GX_FLOATS ((size_t)1 << 21)
+
+static int gen_chunk(const rf_rnn_desc *d, int T, int B) {
+    const size_t per_step = (size_t)(B > 0 ? B : 1) * (size_t)rf_gates(d->cell) * (size_t)d->hidden_size;
+    if (T <= 0 || (size_t)T * per_step <= RF_GEN_GX_FLOATS) return T > 0 ? T : 1;
+    size_t tc = RF_GEN_GX_FLOATS / per_step;
+    return tc < 1 ? 1 : (int)tc; /* < T here */
+}
+
 static int carve_ws(const rf_rnn_desc *d, int T, int B, rf_carver *cv, rf_ws *w) {
     const size_t G = (size_t)rf_gates(d->cell), H = (size_t)d->hidden_size;
     const size_t P = d->proj_size ? (size_t)d->proj_size : H, D = (size_t)d->num_dirs;
     size_t TB = (size_t)T * (size_t)B;
-    w->gx = rf_carve(cv, rf_mul3(TB ? TB : 1, G, H));
+    w->gx = rf_carve(cv, rf_mul3((size_t)gen_chunk(d, T, B), B ? (size_t)B : 1, G * H));
     w->hh = rf_carve(cv, rf_mul3(B ? B : 1, G, H));
     w->h = rf_carve(cv, rf_mul3(B ? B : 1, 2, P));
     w->c = rf_carve(cv, rf_mul3(B ? B : 1, 1, H));
@@ -149,13 +162,14 @@ typedef struct {
     const rf_rnn_desc *d;
     const rf_rnn_weights *w;
     int dir;
-    const float *gx; /* (T*B, G*H) */
+    const float *gx; /* (T*B, G*H), or (Tc, B, G*H) for steps [s0, s1) when chunked */
     size_t gx_ts, gx_bs; /* row strides of time and batch in gx (in rows) */
     float *out;      /* destination of this direction's outputs or NULL */
     size_t out_ts, out_bs; /* row strides (rows of out_ld floats) */
     size_t out_ld;   /* floats per output row (D*P) */
     const int32_t *perm, *len;
     int T, reverse;
+    int chunked, s0, s1; /* gx holds steps [s0, s1) only: slot s - s0 (reverse: s1 - 1 - s) */
 } rf_step_ctx;
 
 static inline size_t time_of(const rf_step_ctx *k, int s, int i) {
@@ -164,7 +178,42 @@ static inline size_t time_of(const rf_step_ctx *k, int s, int i) {
 
 static inline const float *gx_row(const rf_step_ctx *k, int s, int i) {
     size_t b = (size_t)k->perm[i];
-    return k->gx + (time_of(k, s, i) * k->gx_ts + b * k->gx_bs) * (size_t)(rf_gates(k->d->cell) * k->d->hidden_size);
+    /* chunked: the reverse direction's chunk is stored in time order, so its slot is the same for every row */
+    size_t t = k->chunked ? (size_t)(k->reverse ? k->s1 - 1 - s : s - k->s0) : time_of(k, s, i);
+    return k->gx + (t * k->gx_ts + b * k->gx_bs) * (size_t)(rf_gates(k->d->cell) * k->d->hidden_size);
+}
+
+/* gx of steps [s0, s1) of the generic path into gx (Tc, B, GH): row (slot, b) at gx + (slot*B + b)*GH.
+ * Sequence b's steps are the times [s0, s1) (forward) or [len_b - s1, len_b - s0) (reverse), clipped to
+ * [0, len_b), in slots t - s0 or t - (len_b - s1): both increase with t, so each is one GEMM over rows of x
+ * (time stride in_ts rows). Time-major input whose rows share their times is one GEMM for the chunk. */
+static void project_chunk(const rf_step_ctx *k, const float *x, int in_size, size_t in_ts, size_t in_bs,
+                          const float *w_ih, const int32_t *lengths, int B, int maxlen, float *gx) {
+    const int GH = rf_gates(k->d->cell) * k->d->hidden_size, s0 = k->s0, s1 = k->s1;
+    if (in_bs == 1 && in_ts == (size_t)B && (!k->reverse || !lengths)) {
+        const int ta = k->reverse ? k->T - s1 : s0, tb = k->reverse ? k->T - s0 : (s1 < maxlen ? s1 : maxlen);
+        if (tb > ta)
+            rf_sgemm(0, 1, (tb - ta) * B, GH, in_size, 1.0f, x + (size_t)ta * B * in_size, in_size, w_ih, in_size,
+                     0.0f, gx + (k->reverse ? (size_t)(ta - (k->T - s1)) * B * GH : 0), GH);
+        return;
+    }
+    for (int b = 0; b < B; b++) {
+        const int len = lengths ? lengths[b] : k->T;
+        int ta, tb, base;
+        if (k->reverse) {
+            base = len - s1;
+            ta = base > 0 ? base : 0;
+            tb = len - s0;
+        } else {
+            base = s0;
+            ta = s0;
+            tb = s1 < len ? s1 : len;
+        }
+        if (tb <= ta) continue;
+        rf_sgemm(0, 1, tb - ta, GH, in_size, 1.0f, x + ((size_t)ta * in_ts + (size_t)b * in_bs) * in_size,
+                 (int)(in_ts * (size_t)in_size), w_ih, in_size, 0.0f, gx + ((size_t)(ta - base) * B + b) * GH,
+                 (int)((size_t)B * GH));
+    }
 }
 
 static inline float *out_row(const rf_step_ctx *k, int s, int i) {
@@ -444,8 +493,10 @@ rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf
         for (int dir = 0; dir < D; dir++) {
             const int k = l * D + dir;
             const rf_rnn_weights *wk = &w[k];
-            /* 1. input projection for all rows at once: gx (T*B rows in x's own row order) */
-            if (TB > 0)
+            /* 1. input projection for all rows at once: gx (T*B rows in x's own row order); chunked in
+             * the time loop when that would not fit in RF_GEN_GX_FLOATS */
+            const int Tc = gen_chunk(d, T, B), chunked = Tc < T;
+            if (TB > 0 && !chunked)
                 rf_sgemm(0, 1, (int)TB, GH, in_size, 1.0f, layer_in, in_size, wk->w_ih, in_size, 0.0f, W.gx, GH);
             /* 2. initial state, in perm order */
             for (int i = 0; i < B; i++) {
@@ -459,14 +510,19 @@ rf_status rf_rnn_forward(const rf_rnn_desc *d, const rf_rnn_weights *w, const rf
                     else memset(ci, 0, (size_t)H * sizeof(float));
                 }
             }
-            rf_step_ctx ctx = {d, wk, dir, W.gx, in_ts, in_bs,
+            rf_step_ctx ctx = {d, wk, dir, W.gx, chunked ? (size_t)B : in_ts, chunked ? 1 : in_bs,
                                layer_out ? layer_out + (size_t)dir * P : NULL, out_ts, out_bs,
-                               (size_t)(D * P), W.perm, W.len, T, dir == 1};
+                               (size_t)(D * P), W.perm, W.len, T, dir == 1, chunked, 0, 0};
             /* 3. time loop */
             {
                 int nact = B;
                 for (int s = 0; s < maxlen; s++) {
                     while (nact > 0 && W.len[nact - 1] <= s) nact--;
+                    if (chunked && s == ctx.s1) {
+                        ctx.s0 = s;
+                        ctx.s1 = s + Tc < maxlen ? s + Tc : maxlen;
+                        project_chunk(&ctx, layer_in, in_size, in_ts, in_bs, wk->w_ih, io->lengths, B, maxlen, W.gx);
+                    }
                     if (d->cell == RF_CELL_GRU && !d->reset_after) {
                         rf_sgemm(0, 1, nact, 2 * H, P, 1.0f, W.h, P, wk->w_hh, P, 0.0f, W.hh, GH);
                         run_pointwise(&ctx, s, nact, W.hh, W.h, W.c, W.m, 1);

@@ -196,6 +196,10 @@ cdef class RNNPlan:
             keep.append((wk, packed))
         self.keep = keep
 
+    def workspace_size(self, int T, int B):
+        """Bytes of workspace one forward call of T steps and B sequences allocates (0: overflow)."""
+        return rf_rnn_workspace_size_w(&self.desc, self.w, T, B)
+
     def forward(self, x, lengths, h0, c0, out, h_n, c_n, bint batch_first, int n_threads):
         """All arrays allocated and validated by the caller. x: (T, B, I) or (B, T, I) float32."""
         cdef rf_rnn_io io

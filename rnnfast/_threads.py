@@ -12,6 +12,14 @@ def get() -> int:
     return 1 if _forked else _n_threads
 
 
+def resolve(n_threads: int | None = None) -> int:
+    """Threads for one call into the C core: an explicit n_threads, else the process setting (0: the OpenMP
+    default). Always 1 in a child created by fork(), explicit or not (see _after_fork_in_child)."""
+    if _forked:
+        return 1
+    return _n_threads if n_threads is None else int(n_threads)
+
+
 def _after_fork_in_child() -> None:
     # libgomp's worker threads are not copied by fork(); a parallel region in the child would wait for
     # them forever. The child therefore runs the C core on its own thread (SciPy's OpenBLAS re-creates

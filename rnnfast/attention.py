@@ -48,13 +48,12 @@ def _ext():
 
 
 def _threads(n_threads: int | None) -> int:
-    if n_threads is not None:
-        return int(n_threads)
     try:
         from rnnfast import _threads as threads_mod
     except ImportError:  # the core package without its thread setting: the OpenMP default
-        return 0
-    return int(threads_mod.get())  # 0 = the OpenMP default, as the core's own layers do
+        return 0 if n_threads is None else int(n_threads)
+    # 0 = the OpenMP default, as the core's own layers do; 1 in a forked child even when n_threads is given
+    return int(threads_mod.resolve(n_threads))
 
 
 def _f32(x: Any, name: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:

@@ -74,14 +74,12 @@ def _ext():
 
 
 def _threads(n_threads: int | None) -> int:
-    if n_threads is not None:
-        return int(n_threads)
     try:
         from . import _threads as th
 
-        return int(th.get())
+        return int(th.resolve(n_threads))  # 1 in a forked child even when n_threads is given
     except ImportError:  # pragma: no cover
-        return 0
+        return 0 if n_threads is None else int(n_threads)
 
 
 def _f32(a: Any, name: str) -> np.ndarray:

@@ -45,13 +45,13 @@ def _tr():
     return _train
 
 
-def _threads() -> int:
+def _threads(n_threads: int | None = None) -> int:
     try:
         from . import _threads as th
 
-        return int(th.get())
+        return int(th.resolve(n_threads))  # 1 in a forked child even when n_threads is given
     except ImportError:  # pragma: no cover
-        return 0
+        return 0 if n_threads is None else int(n_threads)
 
 
 def _f32(a: Any, name: str) -> np.ndarray:
@@ -304,7 +304,7 @@ def forward_train(
         if B and (la.min() < 0 or la.max() > T):
             raise errors.ShapeError(f"lengths: expected values in [0, {T}], got [{la.min()}, {la.max()}]")
         lens = np.ascontiguousarray(la, dtype=np.int32)
-    nt = _threads() if n_threads is None else int(n_threads)
+    nt = _threads(n_threads)
     old_buf = old_ws = None
     if reuse is not None:
         old_buf, old_ws = reuse.buf, reuse.ws
@@ -384,7 +384,7 @@ def backward(
     dout = prep(d_out, "d_out", (T, B, D * P))
     dhn = prep(d_hn, "d_hn", (LD, B, P))
     dcn = prep(d_cn, "d_cn", (LD, B, H)) if spec.mode == "LSTM" else None
-    nt = _threads() if n_threads is None else int(n_threads)
+    nt = _threads(n_threads)
     if cache.buf is None:
         raise errors.ShapeError("backward: this cache was re-used by a later forward_train")
     dx, dh0, dc0, glist, cache.ws = _tr().backward(

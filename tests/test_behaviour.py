@@ -1,8 +1,7 @@
-"""Streaming, sharing between threads, edge shapes, input conversion, the original GRU's equations."""
+"""Streaming, edge shapes, input conversion, the original GRU's equations. (Threads and fork: test_hardening.py.)"""
 
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -67,36 +66,6 @@ def test_streaming_chunks_equal_whole_sequence(kind, B, rng):
         whole_state if isinstance(whole_state, tuple) else (whole_state,),
     ):
         np.testing.assert_allclose(s, w, rtol=1e-6, atol=1e-6)
-
-
-def test_eight_threads_share_one_layer(rng):
-    layer = rnnfast.LSTM(16, 64, num_layers=2, bidirectional=True, seed=7)
-    inputs = [
-        rng.standard_normal((int(rng.integers(1, 20)), int(rng.integers(1, 5)), 16)).astype(np.float32)
-        for _ in range(48)
-    ]
-    serial = [layer(x) for x in inputs]
-    results = [None] * len(inputs)
-    errors = []
-
-    def worker(k):
-        try:
-            for i in range(k, len(inputs), 8):
-                for _ in range(3):
-                    results[i] = layer(inputs[i])
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for (o1, (h1, c1)), (o2, (h2, c2)) in zip(serial, results):
-        np.testing.assert_array_equal(o1, o2)
-        np.testing.assert_array_equal(h1, h2)
-        np.testing.assert_array_equal(c1, c2)
 
 
 def test_empty_batch_and_empty_sequences():
@@ -192,25 +161,3 @@ def test_layers_pickle_through_the_native_format(rng):
     x = rng.standard_normal((4, 2, 3))
     np.testing.assert_array_equal(again(x)[0], layer(x)[0])
     np.testing.assert_array_equal(copy.deepcopy(layer)(x)[0], layer(x)[0])
-
-
-FORK_SCRIPT = """
-import os, sys, numpy as np, rnnfast
-rnnfast.set_num_threads(2)
-m = rnnfast.LSTM(256, 256, seed=0)
-x = np.random.default_rng(0).standard_normal((50, 1, 256)).astype(np.float32)
-ref = m(x)[0]                      # the parent has started an OpenMP team
-pid = os.fork()
-if pid == 0:
-    ok = np.array_equal(m(x)[0], ref) and rnnfast.get_num_threads() == 1
-    os._exit(0 if ok else 3)
-_, status = os.waitpid(pid, 0)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
-def test_forked_child_computes_instead_of_hanging():
-    """GNU OpenMP's pool does not survive fork(): the child must run single-threaded, not wait forever."""
-    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr.decode()
