@@ -351,3 +351,24 @@ def test_fit_bad_arguments(kw, err, match):
     """Bare ValueError/TypeError/IndexError from int(), comparisons and batch[1]."""
     with pytest.raises(err, match=match):
         _fit(**kw)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda tr: tr.embedding_forward(np.array([1], np.int64), np.zeros(5, np.float32)),
+        lambda tr: tr.embedding_forward(np.array([1], np.int64), np.zeros((5, 4, 1), np.float32)),
+        lambda tr: tr.embedding_backward(np.array([1], np.int64), np.zeros(4, np.float32), 5),
+        lambda tr: tr.linear_forward(np.zeros((2, 4), np.float32), np.zeros(4, np.float32), None),
+        lambda tr: tr.linear_backward(np.zeros((2, 4), np.float32), np.zeros(4, np.float32), np.zeros((2, 4))),
+        lambda tr: tr.softmax_xent(np.zeros(3, np.float32), np.zeros(1, np.int64)),
+    ],
+)
+def test_core_glue_checks_ranks(call):
+    """The Cython glue read a.shape[1] of a 1-D array (no bounds check): garbage sizes, a segfault or a
+    silently misread 3-D table. A bug above it must raise instead."""
+    from rnnfast import _train
+    from rnnfast.errors import InternalError
+
+    with pytest.raises(InternalError, match="expected a [12]-D array"):
+        call(_train)
