@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import errors
-from .train import Module, Parameter, _array
+from .train import Module, Parameter, _array, _integer
 
 __all__ = [
     "AttentionCache",
@@ -75,7 +75,7 @@ def _ext():
 
 def _threads(n_threads: int | None) -> int:
     if n_threads is not None:
-        return int(n_threads)
+        return _integer(n_threads, "n_threads", 0)
     try:
         from . import _threads as th
 
@@ -568,11 +568,16 @@ class TrainBahdanauDecoder(Module):
         self._params["out_weight"] = Parameter("out_weight", _f32(out_weight, "out_weight"))
         if out_bias is not None:
             self._params["out_bias"] = Parameter("out_bias", _f32(out_bias, "out_bias"))
+        if self._params["embedding"].data.ndim != 2:
+            raise errors.ShapeError(f"embedding: expected (V, E), got {self._params['embedding'].shape}")
         E = self._params["embedding"].shape[1]
         if self._params["out_weight"].data.ndim != 2 or self._params["out_weight"].shape[1] != self.spec.hidden_size:
             raise errors.ShapeError(
                 f"out_weight: expected (V, {self.spec.hidden_size}), got {self._params['out_weight'].shape}"
             )
+        V = self._params["out_weight"].shape[0]
+        if out_bias is not None and self._params["out_bias"].shape != (V,):
+            raise errors.ShapeError(f"out_bias: expected ({V},), got {self._params['out_bias'].shape}")
         self.memory_size = self.spec.input_size - E
         if self.memory_size < 0:
             raise errors.ShapeError(

@@ -372,3 +372,30 @@ def test_core_glue_checks_ranks(call):
 
     with pytest.raises(InternalError, match="expected a [12]-D array"):
         call(_train)
+
+
+# ---------------------------------------------------------------------------------------------- attention_train
+def test_attention_n_threads_string():
+    """int('x') leaked its bare ValueError."""
+    with pytest.raises(DTypeError, match="n_threads: expected an integer"):
+        AT.attention_forward_train(A.DotAttention(), np.zeros((1, 2)), np.zeros((1, 3, 2)), n_threads="x")
+
+
+def _decoder_parts():
+    dec = rnnfast.GRU(2 + 3, 3, seed=0)  # input = embedding E=2 + memory 3
+    att = A.AdditiveAttention(3, 3, 2, seed=1)
+    return dec, att, np.zeros((4, 2), np.float32), np.zeros((4, 3), np.float32)
+
+
+def test_decoder_one_d_embedding():
+    """embedding.shape[1] of a 1-D table: a bare IndexError."""
+    dec, att, _, wo = _decoder_parts()
+    with pytest.raises(ShapeError, match=r"embedding: expected \(V, E\)"):
+        AT.TrainBahdanauDecoder(dec, att, np.zeros(4, np.float32), wo)
+
+
+def test_decoder_out_bias_shape_checked_at_construction():
+    """A misshapen out_bias was accepted and only failed at the first forward, blaming 'bias'."""
+    dec, att, emb, wo = _decoder_parts()
+    with pytest.raises(ShapeError, match=r"out_bias: expected \(4,\), got \(3,\)"):
+        AT.TrainBahdanauDecoder(dec, att, emb, wo, np.zeros(3, np.float32))
