@@ -93,6 +93,14 @@ CELLS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 
 
 
+cdef int dims(object a, int ndim, str name) except -1:
+    """Check a.ndim before reading a.shape[k]: Cython reads an ndarray's shape without bounds checks, so
+    w.shape[1] of a 1-D array is garbage (a segmentation fault further on)."""
+    if a.ndim != ndim:
+        raise InternalError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+    return 0
+
+
 cdef const float *cptr(object a, Py_ssize_t n, str name) except? NULL:
     """Pointer to a C-contiguous float32 array of exactly n elements (None -> NULL)."""
     cdef const float[::1] mv
@@ -319,6 +327,8 @@ def backward(Desc desc, list weights, x, lengths, h0, c0, cache, d_out=None, d_h
 
 def linear_forward(x, w, b):
     """x (N, I), w (O, I), b (O) or None -> y (N, O)."""
+    dims(x, 2, "x")
+    dims(w, 2, "w")
     cdef char err[256]
     cdef int N = x.shape[0], I = x.shape[1], O = w.shape[0]
     y = np.empty((N, O), dtype=np.float32)
@@ -336,6 +346,8 @@ def linear_forward(x, w, b):
 
 def linear_backward(x, w, dy, bint has_bias=True, bint want_dx=True):
     """-> (dx (N, I) or None, dw (O, I), db (O) or None)."""
+    dims(x, 2, "x")
+    dims(w, 2, "w")
     cdef char err[256]
     cdef int N = x.shape[0], I = x.shape[1], O = w.shape[0]
     dx = np.empty((N, I), dtype=np.float32) if want_dx else None
@@ -359,6 +371,8 @@ def linear_backward(x, w, dy, bint has_bias=True, bint want_dx=True):
 
 def embedding_forward(idx, w):
     """idx (N,) int64, w (V, E) -> (N, E)."""
+    dims(idx, 1, "indices")
+    dims(w, 2, "weight")
     cdef char err[256]
     cdef int N = idx.shape[0], V = w.shape[0], E = w.shape[1]
     y = np.empty((N, E), dtype=np.float32)
@@ -374,6 +388,8 @@ def embedding_forward(idx, w):
 
 
 def embedding_backward(idx, dy, int V, long long padding_idx=-1):
+    dims(idx, 1, "indices")
+    dims(dy, 2, "dy")
     cdef char err[256]
     cdef int N = idx.shape[0], E = dy.shape[1]
     dw = np.empty((V, E), dtype=np.float32)
@@ -391,6 +407,8 @@ def embedding_backward(idx, dy, int V, long long padding_idx=-1):
 def softmax_xent(logits, targets, mask=None, long long ignore_index=-100, bint want_grad=True,
                  int n_threads=0):
     """logits (N, V), targets (N,) int64, mask (N,) uint8 or None -> (loss, dlogits or None, count)."""
+    dims(logits, 2, "logits")
+    dims(targets, 1, "targets")
     cdef char err[256]
     cdef int N = logits.shape[0], V = logits.shape[1]
     cdef double loss = 0

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import errors
-from .train import Module, Parameter
+from .train import Module, Parameter, _array, _integer
 
 __all__ = [
     "AttentionCache",
@@ -74,6 +74,8 @@ def _ext():
 
 
 def _threads(n_threads: int | None) -> int:
+    if n_threads is not None:
+        n_threads = _integer(n_threads, "n_threads", 0)
     try:
         from . import _threads as th
 
@@ -87,7 +89,7 @@ def _f32(a: Any, name: str) -> np.ndarray:
         a = a.data
     if hasattr(a, "detach") and hasattr(a, "cpu"):
         a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
+    arr = _array(a, name)
     if arr.dtype.kind not in "fiub":
         raise errors.DTypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -122,15 +124,17 @@ def _lengths_mask(lengths: Any, mask: Any, B: int, S: int) -> tuple[np.ndarray |
     """lengths (B,) -> int32 in [0, S]; mask (B, S) -> uint8 (1 = attend)."""
     lens = None
     if lengths is not None:
-        la = np.asarray(lengths)
-        if la.dtype.kind not in "iu" or la.shape != (B,):
+        la = _array(lengths, "lengths")
+        if la.dtype.kind not in "iu" and la.size:
+            raise errors.DTypeError(f"lengths: expected ({B},) integers, got dtype {la.dtype}")
+        if la.shape != (B,):
             raise errors.ShapeError(f"lengths: expected ({B},) integers, got {la.dtype} {la.shape}")
         if B and (la.min() < 0 or la.max() > S):
             raise errors.ShapeError(f"lengths: expected values in [0, {S}], got [{la.min()}, {la.max()}]")
         lens = np.ascontiguousarray(la, dtype=np.int32)
     km = None
     if mask is not None:
-        m = np.asarray(mask)
+        m = _array(mask, "mask")
         if m.shape != (B, S):
             raise errors.ShapeError(f"mask: expected shape ({B}, {S}) (True = attend), got {m.shape}")
         if m.dtype.kind not in "biuf":
@@ -564,11 +568,16 @@ class TrainBahdanauDecoder(Module):
         self._params["out_weight"] = Parameter("out_weight", _f32(out_weight, "out_weight"))
         if out_bias is not None:
             self._params["out_bias"] = Parameter("out_bias", _f32(out_bias, "out_bias"))
+        if self._params["embedding"].data.ndim != 2:
+            raise errors.ShapeError(f"embedding: expected (V, E), got {self._params['embedding'].shape}")
         E = self._params["embedding"].shape[1]
         if self._params["out_weight"].data.ndim != 2 or self._params["out_weight"].shape[1] != self.spec.hidden_size:
             raise errors.ShapeError(
                 f"out_weight: expected (V, {self.spec.hidden_size}), got {self._params['out_weight'].shape}"
             )
+        V = self._params["out_weight"].shape[0]
+        if out_bias is not None and self._params["out_bias"].shape != (V,):
+            raise errors.ShapeError(f"out_bias: expected ({V},), got {self._params['out_bias'].shape}")
         self.memory_size = self.spec.input_size - E
         if self.memory_size < 0:
             raise errors.ShapeError(

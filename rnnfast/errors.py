@@ -17,6 +17,10 @@ class DTypeError(RnnfastError, TypeError):
     """An array has a dtype that cannot be converted to float32 (or int for lengths/tokens)."""
 
 
+class ArgumentError(RnnfastError, ValueError):
+    """A scalar argument (hyperparameter, option) is out of its range, NaN, or otherwise invalid."""
+
+
 class StateDictError(RnnfastError, ValueError):
     """A state_dict is missing entries, has unexpected ones, or has misshapen ones."""
 

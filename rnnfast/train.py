@@ -54,13 +54,46 @@ def _threads(n_threads: int | None = None) -> int:
         return 0 if n_threads is None else int(n_threads)
 
 
-def _f32(a: Any, name: str) -> np.ndarray:
+def _array(a: Any, name: str) -> np.ndarray:
+    """np.asarray with the errors of a ragged sequence (numpy's bare ValueError) named after the argument."""
     if hasattr(a, "detach") and hasattr(a, "cpu"):
         a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise errors.ShapeError(
+            f"{name}: expected a rectangular array, got a ragged {type(a).__name__} ({exc})"
+        ) from None
+
+
+def _f32(a: Any, name: str) -> np.ndarray:
+    arr = _array(a, name)
     if arr.dtype.kind not in "fiub":
         raise errors.DTypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape)  # a 0-d array stays 0-d
+
+
+def _real(value: Any, name: str, lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> float:
+    """A real scalar argument: DTypeError if not a number, ArgumentError if NaN or outside [lo, hi] / [lo, hi)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise errors.DTypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if v != v:
+        raise errors.ArgumentError(f"{name}: expected a number, got NaN")
+    if (lo is not None and v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
+        rng = f"[{lo}, {hi}{')' if hi_open else ']'}" if hi is not None else f">= {lo}"
+        raise errors.ArgumentError(f"{name}: expected {rng}, got {value!r}")
+    return v
+
+
+def _integer(value: Any, name: str, lo: int | None = None) -> int:
+    """An integer scalar argument (bool and float refused: DTypeError), >= lo (ArgumentError)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise errors.DTypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if lo is not None and v < lo:
+        raise errors.ArgumentError(f"{name}: expected an integer >= {lo}, got {v}")
+    return v
 
 
 # ==================================================================================================
@@ -96,7 +129,12 @@ class Parameter:
 def _params_of(params: Any) -> list[Parameter]:
     if isinstance(params, Module):
         params = params.parameters()
-    out = list(params)
+    try:
+        out = list(params)
+    except TypeError:
+        raise errors.DTypeError(
+            f"parameters: expected an iterable of rnnfast.train.Parameter, got {type(params).__name__}"
+        ) from None
     for p in out:
         if not isinstance(p, Parameter):
             raise errors.DTypeError(f"parameters: expected rnnfast.train.Parameter objects, got {type(p).__name__}")
@@ -298,13 +336,15 @@ def forward_train(
         h0 = _state_arg(hx, "h0", (LD, B, P), unbatched)
     lens = None
     if lengths is not None:
-        la = np.asarray(lengths)
-        if la.dtype.kind not in "iu" or la.shape != (B,):
+        la = _array(lengths, "lengths")
+        if la.dtype.kind not in "iu" and la.size:
+            raise errors.DTypeError(f"lengths: expected ({B},) integers, got dtype {la.dtype}")
+        if la.shape != (B,):
             raise errors.ShapeError(f"lengths: expected ({B},) integers, got {la.dtype} {la.shape}")
         if B and (la.min() < 0 or la.max() > T):
             raise errors.ShapeError(f"lengths: expected values in [0, {T}], got [{la.min()}, {la.max()}]")
         lens = np.ascontiguousarray(la, dtype=np.int32)
-    nt = _threads(n_threads)
+    nt = _threads(None if n_threads is None else _integer(n_threads, "n_threads", 0))
     old_buf = old_ws = None
     if reuse is not None:
         old_buf, old_ws = reuse.buf, reuse.ws
@@ -354,6 +394,8 @@ def backward(
     dx (shaped like x, or None without need_dx), dh0 (L*D, B, P), dc0 (L*D, B, H) or None,
     grads : dict of parameter gradients by torch names
     """
+    if not isinstance(cache, RecurrentCache):
+        raise errors.DTypeError(f"cache: expected the RecurrentCache of forward_train, got {type(cache).__name__}")
     spec = cache.spec
     if layer is not None and not isinstance(layer, RecurrentSpec):
         other = RecurrentSpec.from_layer(layer)
@@ -384,7 +426,7 @@ def backward(
     dout = prep(d_out, "d_out", (T, B, D * P))
     dhn = prep(d_hn, "d_hn", (LD, B, P))
     dcn = prep(d_cn, "d_cn", (LD, B, H)) if spec.mode == "LSTM" else None
-    nt = _threads(n_threads)
+    nt = _threads(None if n_threads is None else _integer(n_threads, "n_threads", 0))
     if cache.buf is None:
         raise errors.ShapeError("backward: this cache was re-used by a later forward_train")
     dx, dh0, dc0, glist, cache.ws = _tr().backward(
@@ -429,18 +471,25 @@ def backward(
 # ==================================================================================================
 # Embedding / Linear (functional)
 # ==================================================================================================
-def _tokens(tokens: Any) -> np.ndarray:
-    if hasattr(tokens, "detach"):
-        tokens = tokens.detach().cpu().numpy()
-    idx = np.asarray(tokens)
+def _tokens(tokens: Any, name: str = "tokens") -> np.ndarray:
+    idx = _array(tokens, name)
     if idx.dtype.kind not in "iu":
-        raise errors.DTypeError(f"tokens: expected an integer array, got dtype {idx.dtype}")
-    return np.ascontiguousarray(idx, dtype=np.int64)
+        raise errors.DTypeError(f"{name}: expected an integer array, got dtype {idx.dtype}")
+    if idx.dtype.kind == "u" and idx.size and idx.max() > np.iinfo(np.int64).max:
+        raise errors.ShapeError(f"{name}: expected values that fit int64, got {idx.max()}")
+    return np.ascontiguousarray(idx, dtype=np.int64).reshape(idx.shape)
+
+
+def _weight2d(weight: Any, name: str = "weight") -> np.ndarray:
+    w = _f32(weight, name)
+    if w.ndim != 2:
+        raise errors.ShapeError(f"{name}: expected a 2-D array, got shape {w.shape}")
+    return w
 
 
 def embedding_forward(weight: np.ndarray, tokens: Any) -> np.ndarray:
     """weight (V, E), tokens (...) ints in [0, V) -> (..., E)."""
-    w = _f32(weight, "weight")
+    w = _weight2d(weight)
     idx = _tokens(tokens)
     y = _tr().embedding_forward(idx.reshape(-1), w)
     return y.reshape(idx.shape + (w.shape[1],))
@@ -450,21 +499,30 @@ def embedding_backward(
     weight_shape: Sequence[int], tokens: Any, d_out: Any, padding_idx: int | None = None
 ) -> np.ndarray:
     """Gradient of the table (V, E): d_out (..., E) rows scatter-added at tokens (padding_idx skipped)."""
-    V, E = int(weight_shape[0]), int(weight_shape[1])
-    idx = _tokens(tokens).reshape(-1)
-    dy = _f32(d_out, "d_out").reshape(-1, E)
-    if dy.shape[0] != idx.size:
-        raise errors.ShapeError(f"d_out: expected {idx.size} rows of {E}, got {dy.shape}")
-    return _tr().embedding_backward(idx, dy, V, -1 if padding_idx is None else int(padding_idx))
+    try:
+        ws = tuple(weight_shape)
+    except TypeError:
+        ws = None
+    if ws is None or len(ws) != 2 or isinstance(weight_shape, str):
+        raise errors.ShapeError(f"weight_shape: expected (V, E), got {weight_shape!r}")
+    V, E = _integer(ws[0], "weight_shape[0]", 0), _integer(ws[1], "weight_shape[1]", 0)
+    pad = -1 if padding_idx is None else _integer(padding_idx, "padding_idx")
+    t = _tokens(tokens)
+    dy = _f32(d_out, "d_out")
+    if dy.shape != t.shape + (E,):
+        raise errors.ShapeError(f"d_out: expected shape {t.shape + (E,)}, got {dy.shape}")
+    return _tr().embedding_backward(t.reshape(-1), dy.reshape(-1, E), V, pad)
 
 
 def linear_forward(x: Any, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """x (..., I), weight (O, I), bias (O) -> (..., O)."""
     xa = _f32(x, "x")
-    w = _f32(weight, "weight")
+    w = _weight2d(weight)
     if xa.ndim == 0 or xa.shape[-1] != w.shape[1]:
         raise errors.ShapeError(f"x: expected (..., {w.shape[1]}), got {xa.shape}")
     b = None if bias is None else _f32(bias, "bias")
+    if b is not None and b.shape != (w.shape[0],):
+        raise errors.ShapeError(f"bias: expected shape ({w.shape[0]},), got {b.shape}")
     y = _tr().linear_forward(xa.reshape(-1, w.shape[1]), w, b)
     return y.reshape(xa.shape[:-1] + (w.shape[0],))
 
@@ -472,7 +530,9 @@ def linear_forward(x: Any, weight: np.ndarray, bias: np.ndarray | None = None) -
 def linear_backward(x: Any, weight: np.ndarray, d_out: Any, has_bias: bool = True, need_dx: bool = True):
     """-> (dx (..., I) or None, dweight (O, I), dbias (O) or None)."""
     xa = _f32(x, "x")
-    w = _f32(weight, "weight")
+    w = _weight2d(weight)
+    if xa.ndim == 0 or xa.shape[-1] != w.shape[1]:
+        raise errors.ShapeError(f"x: expected (..., {w.shape[1]}), got {xa.shape}")
     dy = _f32(d_out, "d_out")
     if dy.shape != xa.shape[:-1] + (w.shape[0],):
         raise errors.ShapeError(f"d_out: expected {xa.shape[:-1] + (w.shape[0],)}, got {dy.shape}")
@@ -488,35 +548,52 @@ def cross_entropy(
 ) -> tuple[float, np.ndarray | None]:
     """Softmax cross-entropy over the last axis, mean over the counted positions (torch's 'mean').
 
-    logits (..., V) (e.g. (T, B, V) per step), targets (...) ints; positions where targets ==
-    ignore_index or mask == 0 (mask (...) bool/0-1, e.g. a padding mask) are not counted.
+    logits (..., V) (e.g. (T, B, V) per step) with V >= 1, targets (...) ints; positions where targets ==
+    ignore_index (an integer) or mask == 0 (mask (...) bool/0-1, e.g. a padding mask) are not counted.
+
+    Zero counted positions (an empty batch, or every position ignored/masked) give loss 0.0 and a zero
+    gradient of the logits' shape, not torch's NaN of a mean over nothing: one empty batch in a training
+    loop must not turn the running loss into NaN.
     """
     z = _f32(logits, "logits")
     if z.ndim < 1:
-        raise errors.ShapeError("logits: expected (..., V)")
+        raise errors.ShapeError(f"logits: expected (..., V), got shape {z.shape}")
     V = z.shape[-1]
-    t = _tokens(targets)
+    if V == 0:
+        raise errors.ShapeError(f"logits: expected (..., V) with V >= 1 classes, got shape {z.shape}")
+    t = _tokens(targets, "targets")
     if t.shape != z.shape[:-1]:
         raise errors.ShapeError(f"targets: expected shape {z.shape[:-1]}, got {t.shape}")
+    ign = _integer(ignore_index, "ignore_index")
     m = None
     if mask is not None:
-        m = np.asarray(mask)
+        m = _array(mask, "mask")
+        if m.dtype.kind not in "biuf":
+            raise errors.DTypeError(f"mask: expected bool or 0/1 numbers, got dtype {m.dtype}")
         if m.shape != t.shape:
             raise errors.ShapeError(f"mask: expected shape {t.shape}, got {m.shape}")
         m = np.ascontiguousarray(m != 0, dtype=np.uint8).reshape(-1)
-    loss, d, _ = _tr().softmax_xent(z.reshape(-1, V), t.reshape(-1), m, int(ignore_index), need_grad, _threads())
+    loss, d, _ = _tr().softmax_xent(z.reshape(-1, V), t.reshape(-1), m, ign, need_grad, _threads())
     return float(loss), (None if d is None else d.reshape(z.shape))
 
 
 def sequence_mask(lengths: Any, T: int, batch_first: bool = False) -> np.ndarray:
-    """Padding mask from lengths: (T, B) (or (B, T)) bool, True where t < lengths[b]."""
-    la = np.asarray(lengths)
+    """Padding mask from lengths (B,) ints >= 0: (T, B) (or (B, T)) bool, True where t < lengths[b]."""
+    la = _array(lengths, "lengths")
+    if la.dtype.kind not in "iu" and la.size:
+        raise errors.DTypeError(f"lengths: expected (B,) integers, got dtype {la.dtype}")
+    if la.ndim != 1:
+        raise errors.ShapeError(f"lengths: expected shape (B,), got {la.shape}")
+    la = la.astype(np.int64)
+    if la.size and la.min() < 0:
+        raise errors.ShapeError(f"lengths: expected values >= 0, got {la.min()}")
+    T = _integer(T, "T", 0)
     m = np.arange(T)[:, None] < la[None, :]
     return m.T.copy() if batch_first else m
 
 
 def mse_loss(pred: Any, target: Any, need_grad: bool = True) -> tuple[float, np.ndarray | None]:
-    """Mean squared error over all elements."""
+    """Mean squared error over all elements (zero elements: loss 0.0 and an empty gradient, not torch's NaN)."""
     p = _f32(pred, "input")
     t = _f32(target, "target")
     if p.shape != t.shape:
@@ -526,7 +603,9 @@ def mse_loss(pred: Any, target: Any, need_grad: bool = True) -> tuple[float, np.
 
 
 def bce_with_logits(logits: Any, target: Any, need_grad: bool = True) -> tuple[float, np.ndarray | None]:
-    """Binary cross-entropy of sigmoid(logits) against targets in [0, 1], mean over all elements."""
+    """Binary cross-entropy of sigmoid(logits) against targets in [0, 1], mean over all elements.
+
+    Zero elements give loss 0.0 and an empty gradient (torch's mean over nothing is NaN)."""
     p = _f32(logits, "input")
     t = _f32(target, "target")
     if p.shape != t.shape:
@@ -541,16 +620,17 @@ def bce_with_logits(logits: Any, target: Any, need_grad: bool = True) -> tuple[f
 def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0) -> float:
     """Scale all gradients in place so that their global norm is at most max_norm (torch's rule:
     factor max_norm / (norm + 1e-6) when < 1). Returns the total norm before clipping."""
-    if not (float(max_norm) >= 0.0):
-        raise ValueError(f"max_norm: expected >= 0, got {max_norm}")
+    mn = _real(max_norm, "max_norm", 0.0)
+    nt = _real(norm_type, "norm_type")
     grads = [p.grad for p in _params_of(parameters) if p.grad is not None]
-    return float(_tr().clip_grad_norm(grads, float(max_norm), float(norm_type)))
+    return float(_tr().clip_grad_norm(grads, mn, nt))
 
 
 def clip_grad_value_(parameters: Any, clip_value: float) -> None:
-    """Clamp every gradient element to [-clip_value, clip_value], in place."""
+    """Clamp every gradient element to [-clip_value, clip_value] (clip_value >= 0), in place."""
+    cv = _real(clip_value, "clip_value", 0.0)
     grads = [p.grad for p in _params_of(parameters) if p.grad is not None]
-    _tr().clip_grad_value(grads, float(clip_value))
+    _tr().clip_grad_value(grads, cv)
 
 
 clip_grad_norm = clip_grad_norm_
@@ -564,7 +644,7 @@ class Optimizer:
     def __init__(self, params: Any, defaults: dict) -> None:
         self.params = _params_of(params)
         if not self.params:
-            raise ValueError("optimizer got an empty parameter list")
+            raise errors.ArgumentError(f"params: {type(self).__name__} got an empty parameter list")
         self.defaults = dict(defaults)
         self.state: dict[int, dict[str, Any]] = {}
 
@@ -581,7 +661,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self.defaults["lr"] = float(value)
+        self.defaults["lr"] = _real(value, "lr", 0.0)
 
 
 class SGD(Optimizer):
@@ -597,10 +677,15 @@ class SGD(Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
     ) -> None:
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: expected lr, momentum, weight_decay >= 0, got {lr}, {momentum}, {weight_decay}")
+        _real(lr, "lr", 0.0)
+        _real(momentum, "momentum", 0.0)
+        _real(dampening, "dampening")
+        _real(weight_decay, "weight_decay", 0.0)
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: Nesterov momentum requires a momentum and zero dampening")
+            raise errors.ArgumentError(
+                f"nesterov: Nesterov momentum requires momentum > 0 and dampening = 0, "
+                f"got momentum={momentum}, dampening={dampening}"
+            )
         super().__init__(
             params,
             {
@@ -654,10 +739,13 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         maximize: bool = False,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(
-                f"{type(self).__name__}: invalid lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
-            )
+        _real(lr, "lr", 0.0)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise errors.ArgumentError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
+        _real(betas[0], "betas[0]", 0.0, 1.0, hi_open=True)
+        _real(betas[1], "betas[1]", 0.0, 1.0, hi_open=True)
+        _real(eps, "eps", 0.0)
+        _real(weight_decay, "weight_decay", 0.0)
         super().__init__(
             params,
             {
@@ -906,6 +994,12 @@ class Trainable(Module):
         ri = 0
         for i, (_, m) in enumerate(self.children):
             if isinstance(m, TrainRecurrent):
+                if state is not None and (not isinstance(state, Sequence) or len(state) <= ri):
+                    n_rec = sum(isinstance(c, TrainRecurrent) for _, c in self.children)
+                    raise errors.ShapeError(
+                        f"state: expected a list of {n_rec} states (one per recurrent layer, like final_state), "
+                        f"got {type(state).__name__} of length {len(state) if isinstance(state, Sequence) else '?'}"
+                    )
                 hx = None if state is None else state[ri]
                 out, st = m.forward(y, hx, lengths)
                 self.final_state.append(st)
@@ -963,7 +1057,7 @@ def _loss_fn(loss: Any) -> Callable:
         return loss
     table = {"cross_entropy": cross_entropy, "mse": mse_loss, "bce_with_logits": bce_with_logits}
     if loss not in table:
-        raise ValueError(f"loss: expected one of {sorted(table)} or a callable, got {loss!r}")
+        raise errors.ArgumentError(f"loss: expected one of {sorted(table)} or a callable, got {loss!r}")
     return table[loss]
 
 
@@ -1000,17 +1094,32 @@ def fit(
     -------
     history : {"loss": [...], "grad_norm": [...], "tokens_per_s": [...]} per step
     """
+    epochs = _integer(epochs, "epochs", 0)
+    log_every = _integer(log_every, "log_every", 0)
+    if max_steps is not None:
+        max_steps = _integer(max_steps, "max_steps", 0)
+    if clip_norm is not None:
+        _real(clip_norm, "clip_norm", 0.0)
+    if clip_value is not None:
+        _real(clip_value, "clip_value", 0.0)
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise errors.DTypeError(f"optimizer: expected an rnnfast.train Optimizer, got {type(optimizer).__name__}")
+    lossf = _loss_fn(loss)
     net = model if isinstance(model, Trainable) else Trainable(model)
     opt = optimizer or Adam(net.parameters(), lr=1e-3)
-    lossf = _loss_fn(loss)
     out = file or sys.stderr
     hist: dict[str, list] = {"loss": [], "grad_norm": [], "tokens_per_s": []}
     step, t_start, seen = 0, time.perf_counter(), 0
-    for epoch in range(int(epochs)):
+    for epoch in range(epochs):
         it = batches(epoch) if callable(batches) else batches
         state = None
         run_loss, run_n, t_log, tok_log = 0.0, 0, time.perf_counter(), 0
         for batch in it:
+            if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+                raise errors.ShapeError(
+                    f"batches: expected items (x, y) or (x, y, lengths), got {type(batch).__name__}"
+                    + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                )
             x, y = batch[0], batch[1]
             lengths = batch[2] if len(batch) > 2 else None
             t0 = time.perf_counter()
