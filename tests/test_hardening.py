@@ -552,3 +552,17 @@ def test_generic_path_projects_long_inputs_in_chunks(cell, layout, one_thread):
     assert_close(out, ref_out, what="out")
     for a, b in zip(_flat(state), _flat(ref_state)):
         assert_close(a, b, what="state")
+
+
+@pytest.mark.parametrize("user_value", [None, "30"])
+def test_import_shortens_openblas_spin_unless_the_user_set_it(user_value):
+    # rnnfast/__init__.py: SciPy's OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when it is loaded; rnnfast sets
+    # it (before loading it) so idle BLAS workers do not spin beside the core's OpenMP team, and keeps a
+    # value the user chose. The speed effect is measured in bench/bench_train.py, not here.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if user_value is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
+    script = "import os, rnnfast; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (user_value or "4")
