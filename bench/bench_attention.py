@@ -16,7 +16,9 @@ Both engines in one process means two OpenMP runtimes (torch bundles its own lib
 OpenBLAS pool. With the default OMP_WAIT_POLICY their idle threads spin after every parallel region and
 starve whichever engine runs next (measured on a 2-core machine: 10-20x swings in both directions). The
 benchmark therefore sets OMP_WAIT_POLICY=PASSIVE for both engines by default (``--wait-policy`` changes
-it); ``--threads 1`` removes the interference entirely.
+it); ``--threads 1`` removes the interference entirely. SciPy's OpenBLAS workers used to spin ~0.1 s
+after each of rnnfast's GEMMs, which slowed torch's next call (MHA at batch 1 read 1.9x instead of
+1.2-1.35x); ``import rnnfast`` now sets OPENBLAS_THREAD_TIMEOUT=4, so they sleep (rnnfast/__init__.py).
 
     python bench/bench_attention.py [--threads N] [--repeats R] [--quick]
 """
