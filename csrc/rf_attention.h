@@ -78,7 +78,9 @@ rf_status rf_sdpa_forward(const rf_sdpa_args *a, void *ws, size_t ws_size, int n
 /* torch.nn.MultiheadAttention forward (inference): projections, per-head SDPA, output projection.
  * batch_first=1: q (B, L, E), k (B, S, Ek), v (B, S, Ev), y (B, L, E); else time-major (L, B, E), (S, B, Ek), (S, B, Ev), y (L, B, E).
  * Self-attention with q == k == v and w_k == w_q + E*E, w_v == w_k + E*E (torch's in_proj_weight) runs
- * one fused (rows, E) x (E, 3E) projection GEMM. */
+ * one fused (rows, E) x (E, 3E) projection GEMM. With packed weights (wp_in, wp_o) and up to
+ * RF_MHA_PACKED_ROWS rows, the projections run on the core's kernel in its OpenMP team (columns split
+ * over threads) instead of BLAS beside OpenMP. */
 typedef struct {
     int B, L, S, E, Ek, Ev, H;
     int batch_first;
@@ -92,6 +94,9 @@ typedef struct {
     int causal;
     float *y;                               /* out: same layout as q */
     float *weights;                         /* out: (B, H, L, S) or NULL */
+    const float *wp_in;                     /* optional: torch's in_proj_weight (3E, E) packed by rf_linear_pack,
+                                               used by the fused self-attention projection */
+    const float *wp_o;                      /* optional: w_o packed by rf_linear_pack */
 } rf_mha_args;
 
 size_t rf_mha_workspace_size(const rf_mha_args *a, int n_threads);
@@ -111,6 +116,10 @@ rf_status rf_mha_forward(const rf_mha_args *a, void *ws, size_t ws_size, int n_t
  * once for all rows), larger B on rf_sgemm. */
 rf_status rf_linear(int B, int N, int K, const float *x, const float *w, const float *bias, float *y, int n_threads,
                     char *err);
+/* w (N, K) packed once for the core's product (rf_mha_args.wp_in / wp_o): floats needed (0 if N or K < 1),
+ * and the packing into wp (wp_floats >= that). */
+size_t rf_linear_packed_size(int N, int K);
+rf_status rf_linear_pack(int N, int K, const float *w, float *wp, size_t wp_floats, char *err);
 
 enum { RF_WIRING_NONE = 0, RF_WIRING_BAHDANAU = 1, RF_WIRING_LUONG = 2 };
 

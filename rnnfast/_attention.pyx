@@ -107,6 +107,8 @@ cdef extern from "rf_attention.h" nogil:
         int causal
         float *y
         float *weights
+        const float *wp_in
+        const float *wp_o
 
     size_t rf_mha_workspace_size(const rf_mha_args *a, int n_threads)
     rf_status rf_mha_forward(const rf_mha_args *a, void *ws, size_t ws_size, int n_threads, char *err)
@@ -144,6 +146,8 @@ cdef extern from "rf_attention.h" nogil:
 
     rf_status rf_linear(int B, int N, int K, const float *x, const float *w, const float *bias, float *y,
                         int n_threads, char *err)
+    size_t rf_linear_packed_size(int N, int K)
+    rf_status rf_linear_pack(int N, int K, const float *w, float *wp, size_t wp_floats, char *err)
 
     size_t rf_greedy_workspace_size(const rf_greedy_args *a, int n_threads)
     rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, int n_threads, char *err)
@@ -320,10 +324,33 @@ def sdpa(q, k, v, mask, kpm, bint causal, int causal_offset, float scale, float 
     return weights, raw
 
 
+def pack_linear(w):
+    """w (N, K) float32 C-contiguous -> its copy packed for the core's product (rf_linear_pack)."""
+    cdef char err[256]
+    cdef rf_status st
+    err[0] = 0
+    if w.ndim != 2 or w.dtype != np.float32 or not w.flags.c_contiguous:
+        raise InternalError("w: expected float32 C-contiguous (N, K)")
+    if w.shape[0] > 2147483647 or w.shape[1] > 2147483647:
+        raise ShapeError(f"pack: expected fewer than 2**31 rows and columns, got {w.shape}")
+    cdef int N_ = w.shape[0], K_ = w.shape[1]
+    cdef size_t n = rf_linear_packed_size(N_, K_)
+    if n == 0:
+        raise ShapeError(f"pack: expected a non-empty weight, got {w.shape}")
+    wp = np.empty(n, dtype=np.float32)
+    cdef uintptr_t pw = _addr(w), pp = _addr(wp)
+    with nogil:
+        st = rf_linear_pack(N_, K_, <const float *>pw, <float *>pp, n, err)
+    if st != 0:
+        raise_status(st, err)
+    return wp
+
+
 def mha(q, k, v, int num_heads, bint batch_first, w_q, w_k, w_v, b_q, b_k, b_v, w_o, b_o, mask, kpm,
-        bint causal, bint need_weights, int n_threads=0):
+        bint causal, bint need_weights, int n_threads=0, wp_in=None, wp_o=None):
     """torch.nn.MultiheadAttention forward. q (L,B,E) or (B,L,E); k, v likewise with S; all float32
     C-contiguous. mask additive float32 (B|1, H|1, L, S) contiguous rows; kpm float32 (B, S).
+    wp_in / wp_o: pack_linear(in_proj_weight (3E, E)) / pack_linear(w_o), or None.
     Returns (y like q, weights (B,H,L,S) or None)."""
     cdef rf_mha_args a
     cdef char err[256]
@@ -376,6 +403,12 @@ def mha(q, k, v, int num_heads, bint batch_first, w_q, w_k, w_v, b_q, b_k, b_v, 
         raise InternalError(f"key_padding_mask: expected float32 ({B}, {S})")
     a.kpm = <const float *>_addr(kpm)
     a.causal = causal
+    for arr, rows in ((wp_in, 3 * E), (wp_o, E)):
+        if arr is not None and (arr.dtype != np.float32 or not arr.flags.c_contiguous
+                                or <size_t>arr.size < rf_linear_packed_size(rows, E)):
+            raise InternalError("wp_in/wp_o: expected pack_linear of (3E, E) / (E, E)")
+    a.wp_in = <const float *>_addr(wp_in)
+    a.wp_o = <const float *>_addr(wp_o)
     y = np.empty(q.shape, dtype=np.float32)
     weights = np.empty((B, num_heads, L, S), dtype=np.float32) if need_weights else None
     a.y = <float *>_addr(y)

@@ -525,6 +525,18 @@ class MultiheadAttention:
         layer.load_state_dict(st)
         return layer
 
+    def _packed(self):
+        """(in_proj_weight packed or None, out_proj.weight packed) for the core's projection kernel, packed
+        once per set of weights: load_state_dict replaces ``_state``, which drops the cache."""
+        cache = getattr(self, "_pack_cache", None)
+        if cache is not None and cache[0] is self._state:
+            return cache[1], cache[2]
+        s, ext = self._state, _ext()
+        wp_in = ext.pack_linear(np.ascontiguousarray(s["in_proj_weight"], np.float32)) if self._same else None
+        wp_o = ext.pack_linear(np.ascontiguousarray(s["out_proj.weight"], np.float32))
+        self._pack_cache = (s, wp_in, wp_o)
+        return wp_in, wp_o
+
     def _weights(self):
         E, s = self.embed_dim, self._state
         if self._same:
@@ -603,6 +615,7 @@ class MultiheadAttention:
             else:
                 raise ShapeError(f"attn_mask: expected shape ({L}, {S}) or ({B * H}, {L}, {S}), got {m.shape}")
         wq, wk, wv, bq, bk, bv, wo, bo = self._weights()
+        wp_in, wp_o = self._packed()
         y, w = _ext().mha(
             q,
             k,
@@ -622,6 +635,8 @@ class MultiheadAttention:
             bool(is_causal and attn_mask is None),
             bool(need_weights),
             _threads(self.n_threads),
+            wp_in,
+            wp_o,
         )
         if unbatched:
             y = y[0]

@@ -190,3 +190,23 @@ def test_config_round_trip():
     clone.load_state_dict(mm.state_dict())
     q, k, v = _inputs(3, 4, 2, 16, 5, 7, True, False)
     np.testing.assert_array_equal(clone(q.numpy(), k.numpy(), v.numpy())[0], mm(q.numpy(), k.numpy(), v.numpy())[0])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("B,L", [(2, 5), (3, 200)])  # 10 projection rows: packed kernel; 600 (> 512): BLAS
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_packed_and_blas_projections_match_torch(bias, B, L, batch_first):
+    # E = 40: 3E = 120 is not a multiple of the packed kernel's 32-column panels
+    m, mm = _pair(E=40, H=5, bias=bias, batch_first=batch_first, seed=B)
+    q, k, v = _inputs(L, L, B, 40, None, None, batch_first, True)
+    _compare(m, mm, q, k, v, need_weights=True)
+
+
+def test_load_state_dict_replaces_the_packed_weights():
+    # The packed copies are cached per set of weights: new weights must be used at once.
+    m1, mm = _pair(E=32, H=4, seed=1)
+    m2, _ = _pair(E=32, H=4, seed=2)
+    q, k, v = _inputs(6, 6, 2, 32, None, None, False, True)
+    _compare(m1, mm, q, k, v)
+    mm.load_state_dict({n: t.detach().numpy() for n, t in m2.state_dict().items()})
+    _compare(m2, mm, q, k, v)
