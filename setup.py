@@ -17,7 +17,9 @@ from setuptools.command.build_ext import build_ext
 
 csrc = sorted(glob.glob("csrc/*.c"))
 headers = sorted(glob.glob("csrc/*.h"))
-compile_args = ["-std=gnu11", "-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-function", "-Wno-psabi"]
+compile_args = [
+    "-std=gnu11", "-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-function", "-Wno-psabi"
+]
 link_args = ["-fopenmp"]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if os.environ.get("RNNFAST_DEBUG"):
