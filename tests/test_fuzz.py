@@ -60,6 +60,11 @@ def fuzz_settings(default_examples: int):
 # ====================================================================================================
 # the loader worker
 # ====================================================================================================
+def _under_asan() -> bool:
+    """True in the AddressSanitizer run of the suite (tools/sanitize.sh preloads the runtime)."""
+    return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 class LoaderWorker:
     """One long-lived worker process; restarted after a crash or a hang."""
 
@@ -74,6 +79,13 @@ class LoaderWorker:
         root = os.path.dirname(here)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("OMP_NUM_THREADS", "1")
+        if _under_asan():
+            # The worker cannot cap its memory with RLIMIT_DATA under ASan (its shadow and allocator mappings
+            # count, and it aborts at start: "Failed to mmap"); ASan's allocator enforces the same cap, and
+            # returns NULL (MemoryError) instead of aborting, as malloc would.
+            mb = int(os.environ.get("RNNFAST_FUZZ_MEM_LIMIT", str(6 * 1024**3))) // 2**20
+            cap = f"allocator_may_return_null=1:max_allocation_size_mb={mb}"
+            env["ASAN_OPTIONS"] = f"{env.get('ASAN_OPTIONS', '')}:{cap}"
         self.proc = subprocess.Popen(
             [sys.executable, "-X", "faulthandler", os.path.join(here, "fuzz_loader_worker.py")],
             stdin=subprocess.PIPE,

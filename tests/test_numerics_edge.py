@@ -95,12 +95,15 @@ def test_nan_and_inf_propagate_like_torch(mode, where, value):
 
 
 # ------------------------------------------------------------------------------------------- huge magnitudes
+# Not x and W both scaled (products ~1e60, beyond float32): whether +inf and -inf products meet in one sum
+# (NaN) depends on FMA contraction and summation order, in torch too. The -O1 sanitizer build (no FMA
+# contraction) gave NaN where torch did not; the -O3 build matched. Those are order tests, not saturation.
 @pytest.mark.parametrize(
     "mode,x_scale,w_scale",
     [
         (m, xs, ws)
         for m in CELLS
-        for xs, ws in [(1e30, 1.0), (1e38, 1.0), (-1e38, 1.0), (1.0, 1e30), (1e30, 1e30), (1e38, 1e30), (3.4e38, 1.0)]
+        for xs, ws in [(1e30, 1.0), (1e38, 1.0), (-1e38, 1.0), (1.0, 1e30), (3.4e38, 1.0)]
         # relu does not saturate: sums near float32's limit overflow in an order-dependent way
         if m != "RNN_RELU" or (abs(xs) <= 1e30 and ws <= 1)
     ],
