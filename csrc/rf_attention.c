@@ -550,13 +550,17 @@ static void rf__packed_cols(int B, int N, int K, const float *X, const float *Wp
     }
 }
 
-/* Y (B, N) [ldy] = X (B, K) . W^T + bias with W packed. */
-static void rf__linear_packed(int B, int N, int K, const float *X, const float *Wp, const float *bias, float *Y,
-                              int ldy, const float *zeros, int nt)
+/* Y[rows, ldy] (columns [0, n)) = X (rows, k) W^T + bias: on the packed copy wp of W in the core's team
+ * when given (zeros: k zero floats), else on rf_sgemm. */
+static void rf__linear(int rows, int n, int k, const float *x, const float *w, const float *wp, const float *bias,
+                       float *y, int ldy, const float *zeros, int nt)
 {
     if (bias)
-        for (int b = 0; b < B; ++b) memcpy(Y + (size_t)b * ldy, bias, (size_t)N * sizeof(float));
-    rf__packed_cols(B, N, K, X, Wp, Y, ldy, bias != NULL, zeros, nt);
+        for (int r = 0; r < rows; ++r) memcpy(y + (size_t)r * ldy, bias, (size_t)n * sizeof(float));
+    if (wp)
+        rf__packed_cols(rows, n, k, x, wp, y, ldy, bias != NULL, zeros, nt);
+    else
+        rf_sgemm(0, 1, rows, n, k, 1.0f, x, k, w, k, bias ? 1.0f : 0.0f, y, ldy);
 }
 
 size_t rf_linear_packed_size(int N, int K)
@@ -614,16 +618,6 @@ static void rf__mha_sdpa_args(const rf_mha_args *a, const float *qp, const float
     s->causal = a->causal;
     s->scale = 1.0f / sqrtf((float)Dh);
     s->weights = a->weights;
-}
-
-/* Y[rows, ldy] (columns [0, n)) = X (rows, k) W^T + bias */
-static void rf__linear(int rows, int n, int k, const float *x, const float *w, const float *bias, float *y,
-                       int ldy)
-{
-    if (bias) {
-        for (int r = 0; r < rows; ++r) memcpy(y + (size_t)r * ldy, bias, (size_t)n * sizeof(float));
-    }
-    rf_sgemm(0, 1, rows, n, k, 1.0f, x, k, w, k, bias ? 1.0f : 0.0f, y, ldy);
 }
 
 static void rf__mha_layout(const rf_mha_args *a, int nt, size_t *qkv, size_t *att, size_t *sd)
@@ -700,10 +694,10 @@ rf_status rf_mha_forward(const rf_mha_args *a, void *ws, size_t ws_size, int n_t
         qp = qkv; kp = qkv + E; vp = qkv + 2 * E; wq = wk = 3 * E;
     } else {
         float *Q = qkv, *K = qkv + (size_t)rq * E, *V = K + (size_t)rk * E;
-        rf__linear(rq, E, E, a->q, a->w_q, a->b_q, Q, E);
+        rf__linear(rq, E, E, a->q, a->w_q, NULL, a->b_q, Q, E, zeros, nt);
         if (rk > 0) {
-            rf__linear(rk, E, a->Ek, a->k, a->w_k, a->b_k, K, E);
-            rf__linear(rk, E, a->Ev, a->v, a->w_v, a->b_v, V, E);
+            rf__linear(rk, E, a->Ek, a->k, a->w_k, NULL, a->b_k, K, E, zeros, nt);
+            rf__linear(rk, E, a->Ev, a->v, a->w_v, NULL, a->b_v, V, E, zeros, nt);
         }
         qp = Q; kp = K; vp = V; wq = wk = E;
     }
@@ -716,10 +710,7 @@ rf_status rf_mha_forward(const rf_mha_args *a, void *ws, size_t ws_size, int n_t
     const int nt_sdpa = sdpa_macs < 6.4e7 ? 1 : nt;
     rf_status st = rf_sdpa_forward(&s, sdws, nsd, nt_sdpa, err);
     if (st != RF_OK) return st;
-    if (a->wp_o && rq <= RF_MHA_PACKED_ROWS)
-        rf__linear_packed(rq, E, E, att, a->wp_o, a->b_o, a->y, E, zeros, nt);
-    else
-        rf__linear(rq, E, E, att, a->w_o, a->b_o, a->y, E);
+    rf__linear(rq, E, E, att, a->w_o, rq <= RF_MHA_PACKED_ROWS ? a->wp_o : NULL, a->b_o, a->y, E, zeros, nt);
     return RF_OK;
 }
 
@@ -1015,7 +1006,7 @@ rf_status rf_greedy_decode(const rf_greedy_args *a, void *ws, size_t ws_size, in
 
         /* 4. output layer, argmax, log-probability */
         if (outp)
-            rf__linear_packed(B, V, Hout, out_in, outp, a->out_b, logits, V, zeros, nt);
+            rf__linear(B, V, Hout, out_in, a->out_w, outp, a->out_b, logits, V, zeros, nt);
         else
             rf__linear_small(B, V, Hout, out_in, a->out_w, a->out_b, logits, V, nt);
         int any = 0;
